@@ -1,0 +1,33 @@
+# Fresh machine: `make run` (server on the embedded defaults) and `make test` (whole suite).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint system-deps test-system-deps bench
+
+run: $(STAMP) system-deps
+	$(VENV)/bin/voice serve
+
+test: $(STAMP) test-system-deps
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+bench: $(STAMP) test-system-deps
+	$(PY) bench/ivr_latency.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+# Debian packages: TTS for prompts at run time; SIP peers for the tests.
+system-deps:
+	@scripts/apt-ensure espeak-ng:espeak-ng
+
+test-system-deps:
+	@scripts/apt-ensure espeak-ng:espeak-ng sox:sox sipp:sip-tester

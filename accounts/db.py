@@ -1,0 +1,50 @@
+"""Engine and session factories shared by the voice workers, the web UI and the importer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from accounts.models import Base
+
+
+def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
+    """Create an engine; SQLite gets the settings needed for several writer processes."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        # Server databases drop idle connections; pre-ping avoids failing the first query after.
+        return create_engine(url, pool_pre_ping=True)
+
+    database = parsed.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+    engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # Pragmas are per connection, so they are set on every new one, not once per file.
+        # WAL lets readers proceed while one process writes; busy_timeout makes a writer wait
+        # for the lock instead of failing at once; SQLite leaves foreign keys off by default.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+
+
+def make_sessions(engine: Engine) -> sessionmaker[Session]:
+    # Results are handed out after the session closes, so loaded attributes must stay readable.
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,266 @@
+"""Read and write operations used by the IVR: account look-ups and the call journal.
+
+Each method opens and closes its own session so callers never hold a database connection
+(or a SQLite lock) across audio I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from accounts.models import (
+    CALL_DIRECTIONS,
+    CALL_STATUSES,
+    Account,
+    Call,
+    CallEvent,
+    Contact,
+    Customer,
+    Invoice,
+    Note,
+    Payment,
+    utcnow,
+)
+from accounts.phones import caller_e164
+from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
+
+_NUMBER_SEPARATORS = re.compile(r"[\s\-]+")
+
+
+class UnknownAccount(LookupError):
+    pass
+
+
+class UnknownCall(LookupError):
+    pass
+
+
+def _summary(account: Account, customer_name: str) -> AccountSummary:
+    return AccountSummary(
+        id=account.id,
+        number=account.number,
+        customer_name=customer_name,
+        currency=account.currency,
+        collector_id=account.collector_id,
+    )
+
+
+def _currency(session: Session, account_id: int) -> str:
+    currency = session.scalar(select(Account.currency).where(Account.id == account_id))
+    if currency is None:
+        raise UnknownAccount(f"no account with id {account_id}")
+    return currency
+
+
+class Ledger:
+    def __init__(self, sessions: sessionmaker[Session], region: str = "US") -> None:
+        self._sessions = sessions
+        self._region = region
+
+    def accounts_for_phone(self, raw: str | None) -> list[AccountSummary]:
+        e164 = caller_e164(raw, self._region)
+        if e164 is None:
+            return []
+        stmt = (
+            select(Account, Customer.name)
+            .join(Customer, Customer.id == Account.customer_id)
+            .join(Contact, Contact.account_id == Account.id)
+            .where(Contact.phone_e164 == e164)
+            .order_by(Account.number)
+        )
+        with self._sessions() as session:
+            return [_summary(account, name) for account, name in session.execute(stmt)]
+
+    def account_by_number(self, number: str) -> AccountSummary | None:
+        cleaned = _NUMBER_SEPARATORS.sub("", number)
+        if not cleaned:
+            return None
+        base = select(Account, Customer.name).join(Customer, Customer.id == Account.customer_id)
+        with self._sessions() as session:
+            row = session.execute(base.where(Account.number == cleaned)).first()
+            if row is None:
+                # Stored numbers may be formatted ("A-100 7") while callers key digits only;
+                # compare without separators, but only accept an unambiguous match.
+                stripped = func.replace(func.replace(Account.number, "-", ""), " ", "")
+                rows = session.execute(base.where(stripped == cleaned).limit(2)).all()
+                row = rows[0] if len(rows) == 1 else None
+            return None if row is None else _summary(row[0], row[1])
+
+    def balance(self, account_id: int, today: dt.date) -> Balance:
+        past_due = case((Invoice.due_date < today, Invoice.open_cents), else_=0)
+        stmt = select(
+            func.coalesce(func.sum(Invoice.open_cents), 0),
+            func.coalesce(func.sum(past_due), 0),
+        ).where(Invoice.account_id == account_id)
+        with self._sessions() as session:
+            currency = _currency(session, account_id)
+            open_cents, past_due_cents = session.execute(stmt).one()
+        return Balance(int(open_cents), int(past_due_cents), currency)
+
+    def last_invoice(self, account_id: int) -> InvoiceSummary | None:
+        stmt = (
+            select(Invoice, Account.currency)
+            .join(Account, Account.id == Invoice.account_id)
+            .where(Invoice.account_id == account_id)
+            .order_by(Invoice.issue_date.desc(), Invoice.id.desc())
+            .limit(1)
+        )
+        with self._sessions() as session:
+            row = session.execute(stmt).first()
+        if row is None:
+            return None
+        invoice, currency = row
+        return InvoiceSummary(
+            number=invoice.number,
+            issue_date=invoice.issue_date,
+            due_date=invoice.due_date,
+            amount_cents=invoice.amount_cents,
+            open_cents=invoice.open_cents,
+            currency=currency,
+        )
+
+    def last_payment(self, account_id: int) -> PaymentSummary | None:
+        stmt = (
+            select(Payment, Account.currency)
+            .join(Account, Account.id == Payment.account_id)
+            .where(Payment.account_id == account_id)
+            .order_by(Payment.date.desc(), Payment.id.desc())
+            .limit(1)
+        )
+        with self._sessions() as session:
+            row = session.execute(stmt).first()
+        if row is None:
+            return None
+        payment, currency = row
+        return PaymentSummary(
+            date=payment.date,
+            amount_cents=payment.amount_cents,
+            reference=payment.reference,
+            currency=currency,
+        )
+
+
+_FINAL_STATUSES = tuple(s for s in CALL_STATUSES if s != "in_progress")
+
+
+class CallJournal:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def start_call(
+        self,
+        *,
+        direction: str,
+        caller: str | None,
+        callee: str | None,
+        worker: str,
+        sip_call_id: str,
+    ) -> int:
+        if direction not in CALL_DIRECTIONS:
+            raise ValueError(f"direction must be one of {CALL_DIRECTIONS}, got {direction!r}")
+        call = Call(
+            direction=direction,
+            caller=caller,
+            callee=callee,
+            worker=worker,
+            sip_call_id=sip_call_id,
+            status="in_progress",
+            started_at=utcnow(),
+        )
+        with self._sessions.begin() as session:
+            session.add(call)
+            session.flush()
+            return call.id
+
+    def answered(self, call_id: int) -> None:
+        with self._sessions.begin() as session:
+            call = self._get(session, call_id)
+            # Keep the first answer time if a re-INVITE reports it again.
+            if call.answered_at is None:
+                call.answered_at = utcnow()
+
+    def add_event(self, call_id: int, kind: str, detail: dict[str, Any] | None = None) -> None:
+        with self._sessions.begin() as session:
+            self._get(session, call_id)
+            last_seq = select(func.max(CallEvent.seq)).where(CallEvent.call_id == call_id)
+            last = session.scalar(last_seq)
+            session.add(
+                CallEvent(
+                    call_id=call_id,
+                    seq=(last or 0) + 1,
+                    at=utcnow(),
+                    kind=kind,
+                    detail=dict(detail or {}),
+                )
+            )
+
+    def set_account(self, call_id: int, account_id: int) -> None:
+        with self._sessions.begin() as session:
+            call = self._get(session, call_id)
+            _currency(session, account_id)  # clear error instead of a foreign key failure
+            call.account_id = account_id
+
+    def finish_call(
+        self,
+        call_id: int,
+        *,
+        status: str,
+        end_reason: str,
+        summary: str,
+        author: str = "ivr",
+    ) -> int | None:
+        """Close the call and, if it reached an account, file its note; returns the note id.
+
+        Both writes share one transaction so a crash can never leave a finished call without
+        its note on the account (or a note for a call still shown as in progress).
+        """
+        if status not in _FINAL_STATUSES:
+            raise ValueError(f"status must be one of {_FINAL_STATUSES}, got {status!r}")
+        with self._sessions.begin() as session:
+            call = self._get(session, call_id)
+            if call.status != "in_progress":
+                raise ValueError(f"call {call_id} is already finished ({call.status})")
+            now = utcnow()
+            call.status = status
+            call.end_reason = end_reason
+            call.summary = summary
+            call.ended_at = now
+            if call.account_id is None:
+                return None
+            note = Note(
+                account_id=call.account_id,
+                call_id=call.id,
+                created_at=now,
+                author=author,
+                kind="call",
+                body=summary,
+            )
+            session.add(note)
+            session.flush()
+            return note.id
+
+    def events(self, call_id: int) -> list[tuple[str, dict[str, Any]]]:
+        stmt = (
+            select(CallEvent.kind, CallEvent.detail)
+            .where(CallEvent.call_id == call_id)
+            .order_by(CallEvent.seq)
+        )
+        with self._sessions() as session:
+            return [(kind, detail) for kind, detail in session.execute(stmt)]
+
+    def notes_for_account(self, account_id: int) -> list[Note]:
+        stmt = select(Note).where(Note.account_id == account_id).order_by(Note.created_at, Note.id)
+        with self._sessions() as session:
+            return list(session.scalars(stmt))
+
+    @staticmethod
+    def _get(session: Session, call_id: int) -> Call:
+        call = session.get(Call, call_id)
+        if call is None:
+            raise UnknownCall(f"no call with id {call_id}")
+        return call

@@ -1,0 +1,170 @@
+"""ClipLibrary against the real espeak-ng (installed on the build machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from voice.config import TtsConfig
+from voice.ivr import clips, say
+from voice.ivr.clips import SAMPLE_RATE, ClipLibrary, TtsError
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "cache", tmp_path / "prompts"
+
+
+def _lib(dirs: tuple[Path, Path], tts: TtsConfig | None = None) -> ClipLibrary:
+    cache, prompts = dirs
+    return ClipLibrary(tts or TtsConfig(), cache, prompts, company="Acme")
+
+
+def _cache_files(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.rglob("*") if p.is_file())
+
+
+def _no_tts(*_args: object) -> np.ndarray:
+    raise AssertionError("the TTS engine must not run")
+
+
+def test_clip_is_16k_mono_int16_speech(dirs: tuple[Path, Path]) -> None:
+    clip = _lib(dirs).clip("thirty")
+    assert clip.dtype == np.int16
+    assert clip.ndim == 1
+    assert 0.1 < len(clip) / SAMPLE_RATE < 1.5
+    assert np.abs(clip.astype(np.int32)).max() > 3000
+    # Trimmed: speech starts and ends within the 20 ms margin of the clip edges.
+    loud = np.flatnonzero(np.abs(clip.astype(np.int32)) >= clips.TRIM_THRESHOLD)
+    margin = round(clips.TRIM_MARGIN_S * SAMPLE_RATE)
+    assert loud[0] <= margin
+    assert loud[-1] >= len(clip) - 1 - margin
+
+
+def test_cache_layout_and_reuse_by_a_fresh_library(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, _ = dirs
+    first = _lib(dirs).clip("letter_q")
+    files = _cache_files(cache)
+    assert len(files) == 1
+    assert files[0].parent == cache / "espeak-ng" / "en-us"
+    assert len(files[0].stem) == 64  # sha256 hex
+    info = sf.info(files[0])
+    assert (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
+
+    monkeypatch.setattr(ClipLibrary, "_synthesize", _no_tts)
+    again = _lib(dirs)
+    assert np.array_equal(again.clip("letter_q"), first)
+    assert again.prewarm(["letter_q"]) == 0
+    assert _cache_files(cache) == files
+
+
+def test_speed_change_renders_a_separate_cache_entry(dirs: tuple[Path, Path]) -> None:
+    cache, _ = dirs
+    _lib(dirs).clip("five")
+    slow = _lib(dirs, TtsConfig(speed=100)).clip("five")
+    assert len(_cache_files(cache)) == 2
+    assert len(slow) > len(_lib(dirs).clip("five"))
+
+
+def test_corrupt_cache_file_is_rendered_again(dirs: tuple[Path, Path]) -> None:
+    cache, _ = dirs
+    good = _lib(dirs).clip("nine")
+    (path,) = _cache_files(cache)
+    path.write_bytes(b"RIFF garbage")
+    assert np.array_equal(_lib(dirs).clip("nine"), good)
+    assert sf.info(path).frames == len(good)
+
+
+def test_studio_recording_wins_and_is_downmixed_and_resampled(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, prompts = dirs
+    _lib(dirs).clip("goodbye")  # a cached TTS render exists too; the studio file must win
+    prompts.mkdir()
+    rate, n = 8000, 4000
+    t = np.arange(n) / rate
+    left = 0.5 * np.sin(2 * np.pi * 440 * t)
+    right = 0.25 * np.sin(2 * np.pi * 660 * t)
+    sf.write(prompts / "goodbye.wav", np.stack([left, right], axis=1), rate, subtype="PCM_16")
+
+    monkeypatch.setattr(ClipLibrary, "_synthesize", _no_tts)
+    clip = _lib(dirs).clip("goodbye")
+    assert clip.dtype == np.int16
+    assert len(clip) == n * SAMPLE_RATE // rate
+    # Doubling the rate keeps every original sample at the even positions.
+    downmix = (left + right) / 2 * 32767
+    assert np.allclose(clip[::2], downmix, atol=3)
+
+
+@pytest.mark.parametrize(
+    "token", ["banana", "../etc/passwd", "Menu", "", "menu.wav", "a b", "five\n"]
+)
+def test_unknown_or_malformed_token_raises_key_error(dirs: tuple[Path, Path], token: str) -> None:
+    lib = _lib(dirs)
+    with pytest.raises(KeyError):
+        lib.clip(token)
+    with pytest.raises(KeyError):
+        lib.prewarm(["five", token])
+    assert not dirs[0].exists()  # nothing was rendered before the bad token was caught
+
+
+def test_prompt_text_fills_company(dirs: tuple[Path, Path]) -> None:
+    assert _lib(dirs).text("greeting") == "Thank you for calling Acme."
+    assert _lib(dirs).text("letter_z") == "Z"
+
+
+def test_render_is_clips_plus_gaps(dirs: tuple[Path, Path]) -> None:
+    lib = _lib(dirs)
+    tokens = ["greeting", "balance_open", *say.money(105), "pause", "letter_a"]
+    out = lib.render(tokens)
+    word_gap = round(clips.WORD_GAP_S * SAMPLE_RATE)
+    sentence_gap = round(clips.SENTENCE_GAP_S * SAMPLE_RATE)
+    # "greeting" ends a sentence; "balance_open" does not (the amount follows it).
+    gaps = sentence_gap + word_gap * (len(tokens) - 2)
+    assert len(out) == sum(len(lib.clip(t)) for t in tokens) + gaps
+    assert out.dtype == np.int16
+    assert len(lib.clip("pause")) == round(clips.PAUSE_S * SAMPLE_RATE)
+    assert not lib.clip("pause").any()
+    assert lib.render(["five"]).tolist() == lib.clip("five").tolist()
+    assert len(lib.render([])) == 0
+
+
+def test_clips_are_read_only(dirs: tuple[Path, Path]) -> None:
+    clip = _lib(dirs).clip("one")
+    with pytest.raises(ValueError):
+        clip[0] = 1
+
+
+def test_prewarm_counts_fresh_renders(dirs: tuple[Path, Path]) -> None:
+    cache, _ = dirs
+    tokens = ["menu", "one", "two", "pause", "one"]
+    lib = _lib(dirs)
+    assert lib.prewarm(tokens) == 3  # "pause" is silence, duplicates render once
+    assert lib.prewarm(tokens) == 0
+    assert _lib(dirs).prewarm(tokens) == 0
+    assert len(_cache_files(cache)) == 3
+    assert not list(cache.rglob(".tmp-*"))
+
+
+def test_missing_espeak_is_a_clear_error(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clips.shutil, "which", lambda _name: None)
+    with pytest.raises(TtsError, match="espeak-ng is not installed"):
+        _lib(dirs).clip("one")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("piper") is not None, reason="piper installed")
+def test_piper_missing_is_a_clear_error(dirs: tuple[Path, Path]) -> None:
+    lib = _lib(dirs, TtsConfig(engine="piper", piper_model="/models/en_US-amy.onnx"))
+    with pytest.raises(TtsError, match="piper-tts package is not installed"):
+        lib.clip("goodbye")

@@ -1,0 +1,104 @@
+"""The `voice` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from voice import config as config_mod
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voice", description="collections-voice server")
+    parser.add_argument("--config", help="config file (default: ./config.toml if present)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the supervisor, its call workers and the HTTP API")
+    serve.add_argument("--workers", type=int, help="number of call workers (overrides config)")
+    worker = sub.add_parser("worker", help="run one call worker (normally started by serve)")
+    worker.add_argument("--name", default="w0")
+    imp = sub.add_parser("import", help="import an ERP export (CSV) in one transaction")
+    imp.add_argument("kind", choices=["accounts", "contacts", "invoices", "payments"])
+    imp.add_argument("file", type=Path)
+    sub.add_parser("init-db", help="create the database schema (and demo data if configured)")
+    for p in (serve, worker, imp, sub.choices["init-db"]):
+        p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    path = args.sub_config or args.config
+    if path is None and Path("config.toml").exists():
+        path = "config.toml"
+    try:
+        cfg = config_mod.load(path)
+        if getattr(args, "workers", None) is not None:
+            from dataclasses import replace
+
+            cfg = replace(cfg, workers=replace(cfg.workers, count=args.workers))
+            cfg.workers.validate()
+    except config_mod.ConfigError as exc:
+        print(f"voice: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "worker":
+        from voice.worker import run
+
+        run(cfg, args.name)
+        return 0
+    if args.command == "serve":
+        return _serve(cfg, path)
+    if args.command == "import":
+        return _import(cfg, args.kind, args.file)
+    return _init_db(cfg)
+
+
+def _serve(cfg: config_mod.Config, path: str | None) -> int:
+    from voice.supervisor import Supervisor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        supervisor = Supervisor(cfg, path)
+    except config_mod.ConfigError as exc:
+        print(f"voice: configuration error: {exc}", file=sys.stderr)
+        return 2
+    supervisor.prepare()
+    print(
+        f"voice: SIP on {cfg.sip.bind}:{cfg.sip.port}, HTTP on http://{cfg.http.host}:"
+        f"{cfg.http.port}, data in {cfg.data_dir}",
+        flush=True,
+    )
+    asyncio.run(supervisor.run())
+    return 0
+
+
+def _sessions(cfg: config_mod.Config):  # noqa: ANN202 - sessionmaker generic is noisy here
+    from accounts.db import create_schema, make_engine, make_sessions
+
+    engine = make_engine(cfg.database_url, cfg.database.busy_timeout_ms)
+    create_schema(engine)
+    return make_sessions(engine)
+
+
+def _import(cfg: config_mod.Config, kind: str, file: Path) -> int:
+    from accounts.importer import CsvImportError, import_csv
+
+    try:
+        count = import_csv(_sessions(cfg), kind, file, region=cfg.accounts.default_region)
+    except CsvImportError as exc:
+        for err in exc.errors:
+            print(f"{file}: line {err.line}: {err.message}", file=sys.stderr)
+        print(f"voice: nothing imported ({len(exc.errors)} error(s))", file=sys.stderr)
+        return 1
+    print(f"voice: imported {count} {kind} row(s) from {file}")
+    return 0
+
+
+def _init_db(cfg: config_mod.Config) -> int:
+    from accounts.demo import load_demo_if_empty
+
+    sessions = _sessions(cfg)
+    if cfg.accounts.demo_data and load_demo_if_empty(sessions):
+        print("voice: demo data loaded")
+    print(f"voice: database ready at {cfg.database_url}")
+    return 0

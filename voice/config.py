@@ -1,0 +1,275 @@
+"""Typed configuration: `config.toml` plus `VOICE_<SECTION>_<KEY>` environment overrides.
+
+Loaded once at start-up. An unknown key, a wrong type or an out-of-range value raises
+`ConfigError` naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or has an invalid value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    bind: str = "0.0.0.0"
+    port: int = 5060
+    udp: bool = True
+    tcp: bool = True
+    rtp_port: int = 40000
+    rtp_port_range: int = 1000
+    max_calls: int = 4
+    max_setups_per_second: int = 16
+    codecs: tuple[str, ...] = ("G722/16000", "PCMU/8000", "PCMA/8000")
+    user_agent: str = "collections-voice"
+    log_level: int = 1
+
+    def validate(self) -> None:
+        _check_range("sip.port", self.port, 1, 65535)
+        _check_range("sip.rtp_port", self.rtp_port, 1024, 65000)
+        _check_range("sip.rtp_port_range", self.rtp_port_range, 2, 20000)
+        # The pjsua2-python wheel is compiled with PJSUA_MAX_CALLS=4 (DESIGN.md, "Processes").
+        _check_range("sip.max_calls", self.max_calls, 1, 4)
+        _check_range("sip.max_setups_per_second", self.max_setups_per_second, 1, 50)
+        _check_range("sip.log_level", self.log_level, 0, 6)
+        if not (self.udp or self.tcp):
+            raise ConfigError("sip.udp / sip.tcp: at least one transport must be enabled")
+        if not self.codecs:
+            raise ConfigError("sip.codecs: at least one codec is required")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def validate(self) -> None:
+        _check_range("http.port", self.port, 1, 65535)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = "./data"
+
+    def validate(self) -> None:
+        if not self.dir:
+            raise ConfigError("data.dir: must not be empty")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""
+    busy_timeout_ms: int = 5000
+
+    def validate(self) -> None:
+        _check_range("database.busy_timeout_ms", self.busy_timeout_ms, 0, 600_000)
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    count: int = 1
+    restart_delay: float = 1.0
+
+    def validate(self) -> None:
+        _check_range("workers.count", self.count, 1, 256)
+        _check_range("workers.restart_delay", self.restart_delay, 0.0, 60.0)
+
+
+@dataclass(frozen=True)
+class IvrConfig:
+    company_name: str = "Acme Receivables"
+    recording_notice: bool = True
+    collector_disclosure: bool = True
+    menu_timeout: float = 6.0
+    digit_timeout: float = 4.0
+    max_failures: int = 3
+    account_number_tries: int = 3
+    account_number_max_digits: int = 12
+
+    def validate(self) -> None:
+        _check_range("ivr.menu_timeout", self.menu_timeout, 0.5, 60.0)
+        _check_range("ivr.digit_timeout", self.digit_timeout, 0.5, 60.0)
+        _check_range("ivr.max_failures", self.max_failures, 1, 10)
+        _check_range("ivr.account_number_tries", self.account_number_tries, 1, 10)
+        _check_range("ivr.account_number_max_digits", self.account_number_max_digits, 4, 32)
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    engine: str = "espeak-ng"
+    voice: str = "en-us"
+    speed: int = 160
+    piper_model: str = ""
+    prompts_dir: str = ""
+
+    def validate(self) -> None:
+        if self.engine not in ("espeak-ng", "piper"):
+            raise ConfigError(f"tts.engine: expected 'espeak-ng' or 'piper', got {self.engine!r}")
+        if self.engine == "piper" and not self.piper_model:
+            raise ConfigError("tts.piper_model: required when tts.engine = 'piper'")
+        _check_range("tts.speed", self.speed, 80, 400)
+
+
+@dataclass(frozen=True)
+class AccountsConfig:
+    default_region: str = "US"
+    demo_data: bool = True
+
+    def validate(self) -> None:
+        if len(self.default_region) != 2 or not self.default_region.isalpha():
+            raise ConfigError(
+                f"accounts.default_region: expected a 2-letter region code, "
+                f"got {self.default_region!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    sip: SipConfig = field(default_factory=SipConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    ivr: IvrConfig = field(default_factory=IvrConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    accounts: AccountsConfig = field(default_factory=AccountsConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.dir).expanduser().resolve()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'voice.db'}"
+
+    @property
+    def prompts_dir(self) -> Path:
+        """Studio recordings dropped here (KEY.wav) replace the rendered clip of that key."""
+        return (
+            Path(self.tts.prompts_dir).expanduser()
+            if self.tts.prompts_dir
+            else (self.data_dir / "prompts")
+        )
+
+
+ENV_PREFIX = "VOICE_"
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load `path` (if given and present) and apply `VOICE_<SECTION>_<KEY>` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+    return from_mapping(raw, os.environ if environ is None else environ)
+
+
+def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    sections: dict[str, Any] = {}
+    section_types = _section_types()
+    for name, value in raw.items():
+        if name not in section_types:
+            raise ConfigError(f"unknown config section [{name}]")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a table")
+        sections[name] = _build_section(name, section_types[name], value, environ or {})
+    for name, cls in section_types.items():
+        if name not in sections:
+            sections[name] = _build_section(name, cls, {}, environ or {})
+    cfg = Config(**sections)
+    for name in section_types:
+        getattr(cfg, name).validate()
+    return cfg
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _build_section(
+    section: str, cls: type, values: dict[str, Any], environ: Mapping[str, str]
+) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown config key {section}.{key}")
+    kwargs: dict[str, Any] = {}
+    for key in known:
+        dotted = f"{section}.{key}"
+        env_name = f"{ENV_PREFIX}{section}_{key}".upper()
+        if env_name in environ:
+            kwargs[key] = _parse_env(dotted, hints[key], environ[env_name])
+        elif key in values:
+            kwargs[key] = _coerce(dotted, hints[key], values[key])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, typ: Any, value: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if isinstance(typ, types.UnionType):  # pragma: no cover - no optional keys yet
+        raise ConfigError(f"{key}: unsupported type")
+    raise ConfigError(f"{key}: unsupported type {typ!r}")  # pragma: no cover
+
+
+def _parse_env(key: str, typ: Any, text: str) -> Any:
+    where = f"{key} (from ${ENV_PREFIX}{key.replace('.', '_').upper()})"
+    if typing.get_origin(typ) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if typ is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {text!r}")
+    try:
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {text!r}") from None
+    return text
+
+
+def _check_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: {value!r} is outside {low}..{high}")

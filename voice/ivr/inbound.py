@@ -1,0 +1,274 @@
+"""The inbound collections IVR: notices, identify the account, keypad menu, spoken answers.
+
+Pure logic over three small interfaces (`Call`, `Ledger`, `Journal`), so it runs unchanged
+against a fake call in unit tests and a pjsua2 call in production. Every step is journaled as a
+call event, and the call's note is written in `finally`, so a hang-up mid-menu still leaves one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
+from voice.config import IvrConfig
+from voice.ivr import say
+from voice.ivr.call import Call, HangUp
+
+MENU: dict[str, str] = {
+    "1": "balance",
+    "2": "last_invoice",
+    "3": "last_payment",
+    "0": "agent",
+    "*": "repeat",
+}
+
+
+class Ledger(Protocol):
+    async def accounts_for_phone(self, caller: str | None) -> list[AccountSummary]: ...
+    async def account_by_number(self, number: str) -> AccountSummary | None: ...
+    async def balance(self, account_id: int) -> Balance: ...
+    async def last_invoice(self, account_id: int) -> InvoiceSummary | None: ...
+    async def last_payment(self, account_id: int) -> PaymentSummary | None: ...
+
+
+class Journal(Protocol):
+    async def event(self, kind: str, detail: dict[str, Any]) -> None: ...
+    async def identified(self, account: AccountSummary, how: str) -> None: ...
+    async def finish(self, status: str, end_reason: str, summary: str) -> None: ...
+
+
+# The hand-off point to voice/routing: returns True when the caller was connected to someone.
+AgentHandoff = Callable[[Call, AccountSummary], Awaitable[bool]]
+
+
+@dataclass
+class CallRecord:
+    """What happened on the call, kept by the flow to write the note."""
+
+    caller: str | None
+    account: AccountSummary | None = None
+    identified_by: str | None = None
+    actions: list[str] = field(default_factory=list)
+    end_reason: str = "completed"
+    status: str = "completed"
+
+
+class InboundFlow:
+    def __init__(
+        self,
+        call: Call,
+        ledger: Ledger,
+        journal: Journal,
+        cfg: IvrConfig,
+        agent: AgentHandoff | None = None,
+    ) -> None:
+        self.call = call
+        self.ledger = ledger
+        self.journal = journal
+        self.cfg = cfg
+        self.agent = agent
+        self.record = CallRecord(caller=call.caller)
+
+    async def run(self) -> CallRecord:
+        try:
+            await self._intro()
+            account = await self._identify()
+            if account is None:
+                self.record.end_reason = "account not identified"
+                await self._farewell("identify_failed")
+            else:
+                await self._menu(account)
+        except HangUp:
+            self.record.end_reason = "caller hung up"
+        except asyncio.CancelledError:
+            self.record.status, self.record.end_reason = "interrupted", "server shutting down"
+            raise
+        except Exception as exc:
+            self.record.status, self.record.end_reason = "failed", f"error: {type(exc).__name__}"
+            raise
+        finally:
+            await self.journal.finish(
+                self.record.status, self.record.end_reason, summarise(self.record)
+            )
+        return self.record
+
+    # -- steps --------------------------------------------------------------------------------
+
+    async def _intro(self) -> None:
+        notices = []
+        if self.cfg.recording_notice:
+            notices.append("recording_notice")
+        if self.cfg.collector_disclosure:
+            notices.append("collector_disclosure")
+        if notices:  # compliance notices are heard whole: no barge-in
+            await self._play(notices, barge_in=False)
+        await self._play(["greeting"])
+
+    async def _identify(self) -> AccountSummary | None:
+        matches = await self.ledger.accounts_for_phone(self.call.caller)
+        await self.journal.event("lookup", {"by": "caller_id", "matches": len(matches)})
+        if len(matches) == 1:
+            return await self._identified(matches[0], "caller ID")
+        if len(matches) > 1:
+            return await self._pick_by_last4(matches)
+        return await self._ask_account_number()
+
+    async def _pick_by_last4(self, matches: list[AccountSummary]) -> AccountSummary | None:
+        for _ in range(self.cfg.account_number_tries):
+            digits = await self._gather(["which_account"], max_digits=4)
+            chosen = [a for a in matches if len(digits) == 4 and a.number.endswith(digits)]
+            if len(chosen) == 1:
+                return await self._identified(chosen[0], "caller ID and last 4 digits")
+            await self._play(["account_not_found"])
+        return None
+
+    async def _ask_account_number(self) -> AccountSummary | None:
+        for _ in range(self.cfg.account_number_tries):
+            digits = await self._gather(
+                ["enter_account"], max_digits=self.cfg.account_number_max_digits
+            )
+            account = await self.ledger.account_by_number(digits) if digits else None
+            if account is not None:
+                return await self._identified(account, "account number on keypad")
+            await self._play(["account_not_found"])
+        return None
+
+    async def _identified(self, account: AccountSummary, how: str) -> AccountSummary:
+        self.record.account, self.record.identified_by = account, how
+        await self.journal.identified(account, how)
+        return account
+
+    async def _menu(self, account: AccountSummary) -> None:
+        failures = 0
+        prompt = ["menu"]
+        while True:
+            key = await self._gather(prompt, max_digits=1, timeout=self.cfg.menu_timeout)
+            option = MENU.get(key)
+            if option is None:
+                failures += 1
+                reason = "no_input" if key == "" else "invalid_choice"
+                await self.journal.event(reason, {"key": key})
+                self.record.actions.append("no input" if key == "" else f"invalid key {key}")
+                if failures >= self.cfg.max_failures:
+                    self.record.end_reason = f"{failures} failed menu attempts"
+                    await self._farewell("too_many_failures")
+                    return
+                prompt = [reason, "menu"]
+                continue
+            failures = 0
+            await self.journal.event("choice", {"key": key, "option": option})
+            prompt = ["menu"]
+            if option != "repeat":
+                await self._answer(option, account)
+
+    async def _answer(self, option: str, account: AccountSummary) -> None:
+        if option == "agent":
+            connected = self.agent is not None and await self.agent(self.call, account)
+            if not connected:
+                await self._tell(option, ["agent_unavailable"], "nobody available")
+            return
+        tokens, text = await self._compose(option, account)
+        await self._tell(option, tokens, text)
+
+    async def _compose(self, option: str, account: AccountSummary) -> tuple[list[str], str]:
+        if option == "balance":
+            return balance_answer(await self.ledger.balance(account.id))
+        if option == "last_invoice":
+            return invoice_answer(await self.ledger.last_invoice(account.id))
+        return payment_answer(await self.ledger.last_payment(account.id))
+
+    async def _tell(self, option: str, tokens: list[str], text: str) -> None:
+        await self.journal.event("said", {"option": option, "text": text})
+        self.record.actions.append(f"{option.replace('_', ' ')}: {text}")
+        await self._play(tokens)
+
+    async def _farewell(self, key: str) -> None:
+        await self._play([key], barge_in=False)
+        await self.call.hangup()
+
+    # -- journaled call primitives ------------------------------------------------------------
+
+    async def _play(self, tokens: Sequence[str], *, barge_in: bool = True) -> None:
+        await self.journal.event("prompt", {"tokens": list(tokens)})
+        await self.call.play(tokens, barge_in=barge_in)
+
+    async def _gather(
+        self, tokens: Sequence[str], *, max_digits: int, timeout: float | None = None
+    ) -> str:
+        await self.journal.event("prompt", {"tokens": list(tokens)})
+        digits = await self.call.gather(
+            tokens,
+            max_digits=max_digits,
+            timeout=timeout or self.cfg.digit_timeout,
+            digit_timeout=self.cfg.digit_timeout,
+        )
+        await self.journal.event("keys", {"digits": digits})
+        return digits
+
+
+# -- answers: pure functions from ledger values to (tokens to speak, text for the note) --------
+
+
+def money_text(cents: int, currency: str) -> str:
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) / 100:,.2f} {currency}"
+
+
+def balance_answer(balance: Balance) -> tuple[list[str], str]:
+    if balance.open_cents == 0:
+        return ["balance_none"], "no open balance"
+    tokens = ["balance_open", *say.money(balance.open_cents, balance.currency)]
+    text = f"open {money_text(balance.open_cents, balance.currency)}"
+    if balance.past_due_cents:
+        tokens += ["balance_past_due", *say.money(balance.past_due_cents, balance.currency)]
+        return tokens, text + f", past due {money_text(balance.past_due_cents, balance.currency)}"
+    return [*tokens, "nothing_past_due"], text + ", nothing past due"
+
+
+def invoice_answer(invoice: InvoiceSummary | None) -> tuple[list[str], str]:
+    if invoice is None:
+        return ["invoice_none"], "no invoices"
+    tokens = [
+        "invoice_number",
+        *say.digits(invoice.number),
+        "invoice_amount",
+        *say.money(invoice.amount_cents, invoice.currency),
+        "invoice_due",
+        *say.date(invoice.due_date),
+    ]
+    text = (
+        f"invoice {invoice.number}, {money_text(invoice.amount_cents, invoice.currency)}, "
+        f"due {invoice.due_date.isoformat()}"
+    )
+    return tokens, text
+
+
+def payment_answer(payment: PaymentSummary | None) -> tuple[list[str], str]:
+    if payment is None:
+        return ["payment_none"], "no payments"
+    tokens = [
+        "payment_amount",
+        *say.money(payment.amount_cents, payment.currency),
+        "payment_date",
+        *say.date(payment.date),
+    ]
+    text = f"{money_text(payment.amount_cents, payment.currency)} on {payment.date.isoformat()}"
+    return tokens, text
+
+
+def summarise(record: CallRecord) -> str:
+    """The call note, written for a collector reading the account's history."""
+    lines = [f"Inbound IVR call from {record.caller or 'a withheld number'}."]
+    if record.account is not None:
+        lines.append(f"Account {record.account.number} identified by {record.identified_by}.")
+    else:
+        lines.append("Account not identified.")
+    if record.actions:
+        lines.append("Caller actions: " + "; ".join(record.actions) + ".")
+    else:
+        lines.append("No menu actions.")
+    lines.append(f"Ended: {record.end_reason}.")
+    return "\n".join(lines)

@@ -1,0 +1,362 @@
+"""The pjsua2 Endpoint, owned by one thread and bridged to asyncio.
+
+Every pjsua2 call happens on the owner thread: asyncio code submits callables with `run()`, and
+pjsua2 callbacks hand events to the loop with `call_soon_threadsafe`. The traps measured in
+DESIGN.md are handled here and only here:
+
+- null sound device, and `sndAutoCloseTime = -1` so conference slots of ended calls are freed;
+- the Python reference to a `Call` is dropped in `onCallState(DISCONNECTED)`;
+- each call's media port lives on for `PORT_GRACE` seconds after the call, then is released on
+  the owner thread;
+- callbacks catch and log everything;
+- calls above `max_calls` get 486 and bursts above `max_setups_per_second` get 503 before the
+  ioqueue runs out of sockets;
+- before `libDestroy()` every Call, Account and port is released and `gc.collect()` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import gc
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pjsua2 as pj
+
+from voice.config import SipConfig
+from voice.sip.player import PcmPlayer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+POLL_TIME_MS = 5  # owner thread: longest wait in libHandleEvents before serving submitted work
+PORT_GRACE = 5.0  # seconds a media port outlives its call (the bridge may still call it)
+SHUTDOWN_GRACE = 3.0  # seconds to let BYEs go out before libDestroy
+
+
+@dataclass(frozen=True)
+class CallIdentity:
+    # pjsua reuses call slot ids at once; `key` is unique for the life of the process, so a
+    # flow that outlives its call can never reach the call that took its slot.
+    key: int
+    sip_call_id: str
+    remote_uri: str
+    local_uri: str
+
+
+class Events:
+    """What the engine tells the asyncio side; every method runs on the event loop."""
+
+    def incoming(self, identity: CallIdentity) -> None: ...
+    def confirmed(self, key: int) -> None: ...
+    def digit(self, key: int, digit: str) -> None: ...
+    def disconnected(self, key: int, code: int, reason: str) -> None: ...
+    def refused(self, identity: CallIdentity, code: int, reason: str) -> None: ...
+
+
+class _Account(pj.Account):
+    def __init__(self, engine: SipEngine) -> None:
+        super().__init__()
+        self._engine = engine
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
+        try:
+            self._engine._incoming(self, prm.callId)
+        except Exception:
+            log.exception("onIncomingCall failed")
+
+
+class _Call(pj.Call):
+    def __init__(self, engine: SipEngine, account: pj.Account, call_id: int, key: int) -> None:
+        super().__init__(account, call_id)
+        self._engine = engine
+        self.key = key
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
+        try:
+            info = self.getInfo()
+            if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+                self._engine._post("confirmed", self.key)
+            elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self._engine._gone(self, info.lastStatusCode, info.lastReason)
+        except Exception:
+            log.exception("onCallState failed")
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
+        try:
+            info = self.getInfo()
+            for media in info.media:
+                if (
+                    media.type == pj.PJMEDIA_TYPE_AUDIO
+                    and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE
+                ):
+                    self._engine._connect_media(self, self.getAudioMedia(media.index))
+        except Exception:
+            log.exception("onCallMediaState failed")
+
+    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
+        # onDtmfEvent fires for the same key too; digits are counted here only (RFC 2833 and INFO).
+        try:
+            self._engine._post("digit", self.key, str(prm.digit))
+        except Exception:
+            log.exception("onDtmfDigit failed")
+
+
+class SipEngine:
+    def __init__(self, cfg: SipConfig, loop: asyncio.AbstractEventLoop, events: Events) -> None:
+        self._cfg = cfg
+        self._loop = loop
+        self._events = events
+        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = (
+            queue.SimpleQueue()
+        )
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="pjsua2-owner", daemon=True)
+        self._ep: pj.Endpoint | None = None
+        self._account: _Account | None = None
+        self._calls: dict[int, _Call] = {}
+        self._players: dict[int, PcmPlayer] = {}
+        self._graveyard: list[tuple[float, PcmPlayer]] = []
+        self._recent_setups: collections.deque[float] = collections.deque()
+        self._keys = itertools.count(1)
+        self.draining = False
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # -- asyncio side -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("SIP engine did not start in time")
+        if self._startup_error is not None:
+            raise RuntimeError(f"SIP engine failed to start: {self._startup_error}")
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._stopping.is_set():
+            future.set_exception(RuntimeError("SIP engine is stopping"))
+        else:
+            self._commands.put((fn, future))
+        return future
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the owner thread and await its result."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._thread.join(timeout)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    def play(self, key: int, pcm: Any, on_done: Callable[[], None]) -> bool:
+        """Queue audio on a call's player; False if the call is gone. Safe from any thread."""
+        player = self._players.get(key)
+        if player is None:
+            return False
+        player.play(pcm, on_done)
+        return True
+
+    def stop_playback(self, key: int) -> None:
+        player = self._players.get(key)
+        if player is not None:
+            player.stop()
+
+    async def hangup(self, key: int, code: int = 200) -> None:
+        def _hangup() -> None:
+            call = self._calls.get(key)
+            if call is not None:
+                prm = pj.CallOpParam()
+                prm.statusCode = code
+                call.hangup(prm)
+
+        await self.run(_hangup)
+
+    # -- owner thread -------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._init()
+        except BaseException as exc:  # reported to start(); the thread then ends
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while not self._stopping.is_set():
+                self._ep.libHandleEvents(POLL_TIME_MS)
+                self._serve_commands()
+                self._reap_ports(time.monotonic())
+        except BaseException:
+            log.exception("SIP owner loop crashed")
+        finally:
+            self._shutdown()
+
+    def _init(self) -> None:
+        cfg = self._cfg
+        ep = pj.Endpoint()
+        ep.libCreate()
+        ep_cfg = pj.EpConfig()
+        ep_cfg.uaConfig.maxCalls = cfg.max_calls
+        ep_cfg.uaConfig.threadCnt = 0  # SIP events are handled by this thread in libHandleEvents
+        ep_cfg.uaConfig.mainThreadOnly = False
+        ep_cfg.uaConfig.userAgent = cfg.user_agent
+        ep_cfg.medConfig.sndAutoCloseTime = -1  # else conference slots leak (488 after ~270 calls)
+        ep_cfg.medConfig.clockRate = 16000
+        ep_cfg.medConfig.sndClockRate = 16000
+        ep_cfg.medConfig.noVad = True  # keep sending frames in pauses: the far end records them
+        ep_cfg.logConfig.level = cfg.log_level
+        ep_cfg.logConfig.consoleLevel = cfg.log_level
+        ep.libInit(ep_cfg)
+        self._ep = ep
+        ep.audDevManager().setNullDev()  # the wheel has no sound devices; media needs a clock
+        for enabled, kind in ((cfg.udp, pj.PJSIP_TRANSPORT_UDP), (cfg.tcp, pj.PJSIP_TRANSPORT_TCP)):
+            if enabled:
+                tcfg = pj.TransportConfig()
+                tcfg.port = cfg.port
+                tcfg.boundAddress = cfg.bind
+                ep.transportCreate(kind, tcfg)
+        ep.libStart()
+        self._set_codec_priorities(ep)
+        acfg = pj.AccountConfig()
+        host = cfg.bind if cfg.bind != "0.0.0.0" else "127.0.0.1"
+        acfg.idUri = f"sip:voice@{host}:{cfg.port}"
+        acfg.mediaConfig.transportConfig.port = cfg.rtp_port
+        acfg.mediaConfig.transportConfig.portRange = cfg.rtp_port_range
+        if cfg.bind != "0.0.0.0":
+            acfg.mediaConfig.transportConfig.boundAddress = cfg.bind
+        account = _Account(self)
+        account.create(acfg, True)
+        self._account = account
+
+    def _set_codec_priorities(self, ep: pj.Endpoint) -> None:
+        # Two pjsua2 peers settle on lossy speex unless told otherwise: rank the configured codecs
+        # first (G722 for ASR quality, then G.711) and disable the rest.
+        wanted = [c.lower() for c in self._cfg.codecs]
+        for info in ep.codecEnum2():
+            codec_id = info.codecId
+            base = codec_id.rsplit("/", 1)[0].lower() if codec_id.count("/") == 2 else codec_id
+            rank = wanted.index(base) if base in wanted else None
+            ep.codecSetPriority(codec_id, 0 if rank is None else 250 - rank)
+
+    def _serve_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _post(self, method: str, *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(getattr(self._events, method), *args)
+        except RuntimeError:  # loop closed during shutdown
+            log.debug("dropped %s event: loop closed", method)
+
+    def _admit(self, now: float) -> tuple[int, str] | None:
+        while self._recent_setups and now - self._recent_setups[0] > 1.0:
+            self._recent_setups.popleft()
+        if self.draining:
+            return 503, "Service Unavailable"
+        if len(self._calls) >= self._cfg.max_calls:
+            return 486, "Busy Here"
+        if len(self._recent_setups) >= self._cfg.max_setups_per_second:
+            return 503, "Service Unavailable"
+        self._recent_setups.append(now)
+        return None
+
+    def _incoming(self, account: pj.Account, call_id: int) -> None:
+        key = next(self._keys)
+        call = _Call(self, account, call_id, key)
+        info = call.getInfo()
+        identity = CallIdentity(key, info.callIdString, info.remoteUri, info.localUri)
+        refusal = self._admit(time.monotonic())
+        prm = pj.CallOpParam()
+        if refusal is not None:
+            self._refuse(call, identity, prm, *refusal)
+            return
+        self._calls[key] = call
+        self._players[key] = PcmPlayer(f"play{key}")
+        self.counters["calls_answered"] += 1
+        self._post("incoming", identity)
+        prm.statusCode = 200
+        call.answer(prm)
+
+    def _refuse(
+        self, call: _Call, identity: CallIdentity, prm: pj.CallOpParam, code: int, reason: str
+    ) -> None:
+        self.counters[f"calls_refused_{code}"] += 1
+        prm.statusCode = code
+        prm.reason = reason
+        if code == 503:
+            header = pj.SipHeader()
+            header.hName, header.hValue = "Retry-After", "1"
+            prm.txOption.headers.append(header)
+        # Keep the reference until DISCONNECTED arrives (it may arrive inside answer()).
+        self._calls[identity.key] = call
+        self._post("refused", identity, code, reason)
+        call.answer(prm)
+
+    def _connect_media(self, call: _Call, media: pj.AudioMedia) -> None:
+        player = self._players.get(call.key)
+        if player is not None:
+            player.startTransmit(media)
+
+    def _gone(self, call: _Call, code: int, reason: str) -> None:
+        self._calls.pop(call.key, None)
+        player = self._players.pop(call.key, None)
+        if player is not None:
+            player.stop()
+            self._graveyard.append((time.monotonic() + PORT_GRACE, player))
+        self._post("disconnected", call.key, code, reason)
+
+    def _reap_ports(self, now: float) -> None:
+        while self._graveyard and self._graveyard[0][0] <= now:
+            self._graveyard.pop(0)
+
+    def _shutdown(self) -> None:
+        ep = self._ep
+        if ep is None:
+            return
+        try:
+            for call in list(self._calls.values()):
+                try:
+                    call.hangup(pj.CallOpParam())
+                except Exception:
+                    log.exception("hangup at shutdown failed")
+            deadline = time.monotonic() + SHUTDOWN_GRACE
+            while self._calls and time.monotonic() < deadline:
+                ep.libHandleEvents(20)
+            self._calls.clear()
+            self._players.clear()
+            self._graveyard.clear()
+            self._account = None
+            gc.collect()
+            ep.libDestroy()
+        except Exception:
+            log.exception("SIP engine shutdown failed")
+        finally:
+            self._ep = None
+            while True:
+                try:
+                    _, future = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                future.cancel()

@@ -1,0 +1,86 @@
+"""A conference-bridge port that plays PCM from a buffer: the IVR's mouth.
+
+`onFrameRequested` runs on pjmedia's clock thread every 20 ms. It only slices a pre-rendered
+buffer under a lock, so playback can be queued, and cut short for barge-in, from any thread
+without calling into pjlib.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pjsua2 as pj
+
+from voice.ivr.clips import SAMPLE_RATE
+
+FRAME_TIME = 0.020  # 20 ms, pjmedia's default ptime
+FRAME_SAMPLES = int(SAMPLE_RATE * FRAME_TIME)
+FRAME_BYTES = FRAME_SAMPLES * 2
+_SILENCE = bytes(FRAME_BYTES)
+
+
+class PcmPlayer(pj.AudioMediaPort):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+        self._on_done: Callable[[], None] | None = None
+        self._silence = pj.ByteVector(_SILENCE)
+        self.frames_played = 0
+        fmt = pj.MediaFormatAudio()
+        fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, int(FRAME_TIME * 1_000_000), 16)
+        self.createPort(name, fmt)
+
+    def play(self, pcm: np.ndarray, on_done: Callable[[], None]) -> None:
+        """Replace whatever is playing with `pcm` (int16 mono at SAMPLE_RATE)."""
+        data = np.ascontiguousarray(pcm, dtype="<i2").tobytes()
+        pad = (-len(data)) % FRAME_BYTES
+        with self._lock:
+            previous = self._on_done
+            self._buffer, self._offset, self._on_done = data + bytes(pad), 0, on_done
+        if previous is not None:
+            previous()
+
+    def stop(self) -> None:
+        """Cut playback at once (barge-in, hang-up); the pending completion still fires."""
+        with self._lock:
+            previous = self._on_done
+            self._buffer, self._offset, self._on_done = b"", 0, None
+        if previous is not None:
+            previous()
+
+    @property
+    def playing(self) -> bool:
+        with self._lock:
+            return self._offset < len(self._buffer)
+
+    def onFrameRequested(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 name)
+        done = None
+        try:
+            with self._lock:
+                if self._offset < len(self._buffer):
+                    chunk = self._buffer[self._offset : self._offset + FRAME_BYTES]
+                    self._offset += FRAME_BYTES
+                    if self._offset >= len(self._buffer):
+                        done, self._on_done = self._on_done, None
+                        self._buffer, self._offset = b"", 0
+                else:
+                    chunk = None
+            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+            frame.buf = pj.ByteVector(chunk) if chunk is not None else self._silence
+            frame.size = FRAME_BYTES
+            if chunk is not None:
+                self.frames_played += 1
+            if done is not None:
+                done()
+        except Exception:  # never let an exception escape into the media thread
+            import logging
+
+            logging.getLogger(__name__).exception("player frame failed")
+
+    def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802
+        # The player is only a source; received audio is tapped elsewhere (recording, ASR).
+        return
