@@ -5,7 +5,7 @@ Dates are relative to today (so something is always past due); everything else i
 
 Collectors: "Dana Whitfield" (sip:dana@collections.example), "Marcus Lee" (sip:marcus@...).
 
-Phone +15550100001 -> one account:
+Phone +12125550101 -> one account:
   10042  Northwind Traders, USD, Dana.
          INV-0999  issued -130, due -100,  600.00, paid (open 0.00)
          INV-1001  issued  -90, due  -60, 1,250.00 open  (past due)
@@ -13,7 +13,7 @@ Phone +15550100001 -> one account:
          payment CHK-5001, -95 days, 600.00
          balance: open 1,730.00, past due 1,250.00
 
-Phone +15550100002 -> two accounts of the same customer (the caller must choose):
+Phone +12125550102 -> two accounts of the same customer (the caller must choose):
   20001  Fabrikam Inc, USD, Marcus.
          F-2001  issued -40, due -10, 2,000.00, open 1,500.00 (past due)
          payment ACH-7001, -5 days, 500.00
@@ -22,7 +22,7 @@ Phone +15550100002 -> two accounts of the same customer (the caller must choose)
          F-3001  issued -10, due +20, 320.00 open; no payments
          balance: open 320.00, past due 0.00
 
-Phone +15550100003 -> only account 30003 (reach it from the numbers above by keying 30003):
+Phone +12125550103 -> only account 30003 (reach it from the numbers above by keying 30003):
   30003  Tailspin Toys, USD, America/Los_Angeles, no collector.
          T-4001  issued -200, due -170, 5,000.00, open 4,250.00 (past due)
          payment WIRE-9001, -150 days, 750.00
@@ -92,10 +92,10 @@ def load_demo_if_empty(sessions: sessionmaker[Session]) -> bool:
 
         session.add_all(
             [
-                Contact(account_id=a10042.id, phone_e164="+15550100001", label="AP desk"),
-                Contact(account_id=a20001.id, phone_e164="+15550100002", label="Accounts payable"),
-                Contact(account_id=a20002.id, phone_e164="+15550100002", label="Accounts payable"),
-                Contact(account_id=a30003.id, phone_e164="+15550100003", label="Owner"),
+                Contact(account_id=a10042.id, phone_e164="+12125550101", label="AP desk"),
+                Contact(account_id=a20001.id, phone_e164="+12125550102", label="Accounts payable"),
+                Contact(account_id=a20002.id, phone_e164="+12125550102", label="Accounts payable"),
+                Contact(account_id=a30003.id, phone_e164="+12125550103", label="Owner"),
             ]
         )
 

@@ -40,13 +40,6 @@ def _strip_uri(raw: str) -> str:
     return text.split("@", 1)[0].split(";", 1)[0].strip()
 
 
-def _is_fictional_nanp(number: phonenumbers.PhoneNumber) -> bool:
-    # Area code 555 is unassigned in the NANP and used for test/demo numbers (the demo data and
-    # SIP test peers call from +1555...); libphonenumber rightly calls them invalid, but
-    # rejecting them would make the demo unreachable.
-    return number.country_code == 1 and str(number.national_number).startswith("555")
-
-
 def normalize(raw: str, region: str = "US") -> str:
     """Return `raw` in E.164 form, reading numbers without a '+' as national to `region`."""
     digits = _strip_uri(raw)
@@ -59,7 +52,7 @@ def normalize(raw: str, region: str = "US") -> str:
         raise InvalidPhone(raw, reason) from None
     if not phonenumbers.is_possible_number(number):
         raise InvalidPhone(raw, "wrong number of digits")
-    if not (phonenumbers.is_valid_number(number) or _is_fictional_nanp(number)):
+    if not phonenumbers.is_valid_number(number):
         raise InvalidPhone(raw, "not an assigned number range")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 

@@ -126,7 +126,7 @@ class UaCall(pj.Call):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", required=True, help="sip:user@127.0.0.1:PORT")
-    ap.add_argument("--caller", default="+15550100001", help="user part of From")
+    ap.add_argument("--caller", default="+12125550101", help="user part of From")
     ap.add_argument("--sip-port", type=int, required=True)
     ap.add_argument("--rtp-port", type=int, default=30000)
     ap.add_argument("--codec", default="G722/16000")

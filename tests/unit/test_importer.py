@@ -99,7 +99,7 @@ def test_import_contacts_invoices_payments(
         "account_number,phone,label\n"
         "A-100,(212) 555-0123,AP desk\n"
         "A-200,tel:+1-212-555-0123,\n"
-        "A-300,+1 555 010 0009,\n",
+        "A-300,+1 312 555 0142,\n",
         "contacts.csv",
     )
     invoices = write(

@@ -36,7 +36,7 @@ def account_id(sessions: sessionmaker[Session]) -> int:
 def _start(journal: CallJournal, sip_call_id: str = "abc@host") -> int:
     return journal.start_call(
         direction="inbound",
-        caller="sip:+15550100001@gw",
+        caller="sip:+12125550101@gw",
         callee="sip:ivr@pbx",
         worker="worker-1",
         sip_call_id=sip_call_id,

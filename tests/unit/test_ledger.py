@@ -70,13 +70,13 @@ def test_accounts_for_phone_single_shared_and_none(sessions: sessionmaker[Sessio
     assert load_demo_if_empty(sessions) is False
     ledger = Ledger(sessions)
 
-    [single] = ledger.accounts_for_phone("sip:+15550100001@gw.example")
+    [single] = ledger.accounts_for_phone("sip:+12125550101@gw.example")
     assert single.number == "10042"
     assert single.customer_name == "Northwind Traders"
     assert single.currency == "USD"
     assert single.collector_id is not None
 
-    shared = ledger.accounts_for_phone("15550100002")
+    shared = ledger.accounts_for_phone("12125550102")
     assert [a.number for a in shared] == ["20001", "20002"]
 
     assert ledger.accounts_for_phone("+12125550123") == []
@@ -187,5 +187,5 @@ def test_demo_balances(sessions: sessionmaker[Session]) -> None:
         assert ledger.balance(account.id, today) == balance
     account = ledger.account_by_number("30003")
     assert account is not None
-    for phone in ("+15550100001", "+15550100002"):
+    for phone in ("+12125550101", "+12125550102"):
         assert account.id not in [a.id for a in ledger.accounts_for_phone(phone)]

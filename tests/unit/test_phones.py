@@ -10,11 +10,11 @@ from accounts.phones import InvalidPhone, caller_e164, normalize
         ("(212) 555-0123", "+12125550123"),
         ("212.555.0123", "+12125550123"),
         ("12125550123", "+12125550123"),
-        ("15551234567", "+15551234567"),
-        ("sip:+15551234567@host", "+15551234567"),
-        ("sip:+15551234567@pbx.example:5060;transport=udp", "+15551234567"),
+        ("13125550142", "+13125550142"),
+        ("sip:+13125550142@host", "+13125550142"),
+        ("sip:+13125550142@pbx.example:5060;transport=udp", "+13125550142"),
         ("sips:2125550123@10.0.0.1", "+12125550123"),
-        ("tel:+1-555-123-4567", "+15551234567"),
+        ("tel:+1-312-555-0142", "+13125550142"),
         ("tel:+1-212-555-0123;phone-context=example.com", "+12125550123"),
         ('"Front Desk" <sip:+12125550123@pbx.local;user=phone>;tag=abc', "+12125550123"),
         ("+44 20 7946 0958", "+442079460958"),
@@ -40,6 +40,8 @@ def test_normalize_rejects_unassigned_range() -> None:
     # Possible length, but area code 099 does not exist.
     with pytest.raises(InvalidPhone, match="not an assigned number range"):
         normalize("+10995550123")
+    with pytest.raises(InvalidPhone, match="not an assigned number range"):
+        normalize("+15551234567")  # area code 555 is unassigned in the NANP
 
 
 @pytest.mark.parametrize(
@@ -62,7 +64,7 @@ def test_caller_e164_missing_or_withheld(raw: str | None) -> None:
 
 
 def test_caller_e164_valid() -> None:
-    assert caller_e164("sip:+15550100001@gw.example", "US") == "+15550100001"
+    assert caller_e164("sip:+12125550101@gw.example", "US") == "+12125550101"
     assert caller_e164("2125550123", "US") == "+12125550123"
 
 

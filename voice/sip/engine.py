@@ -62,6 +62,13 @@ class Events:
     def refused(self, identity: CallIdentity, code: int, reason: str) -> None: ...
 
 
+def describe(exc: BaseException) -> str:
+    """pjsua2 errors carry their text in `.info()`, not in `str()`."""
+    if isinstance(exc, pj.Error):
+        return f"{exc.title}: {exc.reason} (status {exc.status})"
+    return str(exc) or type(exc).__name__
+
+
 class _Account(pj.Account):
     def __init__(self, engine: SipEngine) -> None:
         super().__init__()
@@ -139,7 +146,7 @@ class SipEngine:
         if not self._ready.wait(timeout):
             raise RuntimeError("SIP engine did not start in time")
         if self._startup_error is not None:
-            raise RuntimeError(f"SIP engine failed to start: {self._startup_error}")
+            raise RuntimeError(f"SIP engine failed to start: {describe(self._startup_error)}")
 
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -191,6 +198,7 @@ class SipEngine:
             self._init()
         except BaseException as exc:  # reported to start(); the thread then ends
             self._startup_error = exc
+            self._shutdown()  # pjlib objects must die on this thread, or exit aborts
             self._ready.set()
             return
         self._ready.set()
@@ -208,6 +216,7 @@ class SipEngine:
         cfg = self._cfg
         ep = pj.Endpoint()
         ep.libCreate()
+        self._ep = ep
         ep_cfg = pj.EpConfig()
         ep_cfg.uaConfig.maxCalls = cfg.max_calls
         ep_cfg.uaConfig.threadCnt = 0  # SIP events are handled by this thread in libHandleEvents
@@ -220,7 +229,6 @@ class SipEngine:
         ep_cfg.logConfig.level = cfg.log_level
         ep_cfg.logConfig.consoleLevel = cfg.log_level
         ep.libInit(ep_cfg)
-        self._ep = ep
         ep.audDevManager().setNullDev()  # the wheel has no sound devices; media needs a clock
         for enabled, kind in ((cfg.udp, pj.PJSIP_TRANSPORT_UDP), (cfg.tcp, pj.PJSIP_TRANSPORT_TCP)):
             if enabled:
