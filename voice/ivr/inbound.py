@@ -8,6 +8,7 @@ call event, and the call's note is written in `finally`, so a hang-up mid-menu s
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,6 +25,10 @@ MENU: dict[str, str] = {
     "0": "agent",
     "*": "repeat",
 }
+
+
+# Stored account numbers may be formatted ("A-100 7"); callers key digits only.
+_NUMBER_SEPARATORS = re.compile(r"[\s\-]+")
 
 
 class Ledger(Protocol):
@@ -119,7 +124,11 @@ class InboundFlow:
     async def _pick_by_last4(self, matches: list[AccountSummary]) -> AccountSummary | None:
         for _ in range(self.cfg.account_number_tries):
             digits = await self._gather(["which_account"], max_digits=4)
-            chosen = [a for a in matches if len(digits) == 4 and a.number.endswith(digits)]
+            chosen = [
+                a
+                for a in matches
+                if len(digits) == 4 and _NUMBER_SEPARATORS.sub("", a.number).endswith(digits)
+            ]
             if len(chosen) == 1:
                 return await self._identified(chosen[0], "caller ID and last 4 digits")
             await self._play(["account_not_found"])
@@ -167,7 +176,10 @@ class InboundFlow:
     async def _answer(self, option: str, account: AccountSummary) -> None:
         if option == "agent":
             connected = self.agent is not None and await self.agent(self.call, account)
-            if not connected:
+            if connected:  # nothing is spoken, but the note must still show the hand-off
+                await self.journal.event("agent", {"connected": True})
+                self.record.actions.append("agent: connected")
+            else:
                 await self._tell(option, ["agent_unavailable"], "nobody available")
             return
         tokens, text = await self._compose(option, account)

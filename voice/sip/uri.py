@@ -7,6 +7,8 @@ import re
 # name-addr or addr-spec: optional display name, then sip:/sips:/tel: URI, optionally in <>.
 _URI = re.compile(r"<?\s*(?P<scheme>sips?|tel):(?P<rest>[^>;?\s]*)", re.IGNORECASE)
 _USER_OK = re.compile(r"^[A-Za-z0-9+*#._~()-]{1,64}$")
+# A quoted display name is free text chosen by the caller: it may itself look like a URI.
+_QUOTED_NAME = re.compile(r'^\s*"(?:[^"\\]|\\.)*"')
 
 
 def user_part(value: str | None) -> str | None:
@@ -17,7 +19,12 @@ def user_part(value: str | None) -> str | None:
     """
     if not value:
         return None
-    match = _URI.search(value)
+    text = _QUOTED_NAME.sub("", value, count=1)
+    if text.lstrip().startswith('"'):
+        return None  # unterminated display name
+    if "<" in text:  # name-addr: only what is inside <...> is the URI
+        text = text[text.index("<") :]
+    match = _URI.search(text)
     if not match:
         return None
     rest = match.group("rest")

@@ -1,0 +1,226 @@
+"""Integration fixtures: the server as a real process, real SIP peers, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from accounts.db import make_engine, make_sessions
+from accounts.services import CallJournal, Ledger
+
+REPO = Path(__file__).resolve().parents[2]
+PJUA = REPO / "tests" / "peers" / "pjua.py"
+SIPP_DIR = REPO / "tests" / "sipp"
+
+pytestmark = pytest.mark.integration
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+def sip_options(port: int, timeout: float = 0.5) -> str | None:
+    """Send one OPTIONS; return the status line of the reply, or None."""
+    call_id = uuid.uuid4().hex
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        local = s.getsockname()[1]
+        msg = (
+            f"OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK{call_id[:12]}\r\n"
+            f"From: <sip:probe@127.0.0.1:{local}>;tag={call_id[:8]}\r\n"
+            f"To: <sip:ping@127.0.0.1:{port}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        s.settimeout(timeout)
+        s.sendto(msg.encode(), ("127.0.0.1", port))
+        try:
+            data, _ = s.recvfrom(65535)
+        except TimeoutError:
+            return None
+    return data.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    sip_port: int
+    http_port: int
+    data_dir: Path
+    db_url: str
+    log_path: Path
+
+    def health(self) -> dict[str, object]:
+        return httpx.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=5).json()
+
+    def journal(self) -> CallJournal:
+        return CallJournal(make_sessions(make_engine(self.db_url)))
+
+    def ledger(self) -> Ledger:
+        return Ledger(make_sessions(make_engine(self.db_url)))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
+    sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
+    db_url = f"sqlite:///{data_dir / 'voice.db'}"
+    env = {
+        **os.environ,
+        "VOICE_DATA_DIR": str(data_dir),
+        "VOICE_SIP_BIND": "127.0.0.1",
+        "VOICE_SIP_PORT": str(sip_port),
+        "VOICE_SIP_RTP_PORT": str(40000 + (sip_port % 200) * 100),
+        "VOICE_SIP_RTP_PORT_RANGE": "100",
+        "VOICE_HTTP_PORT": str(http_port),
+        "VOICE_DATABASE_URL": db_url,
+        # Compliance notices are on by default and unskippable; the flow tests cover them, so
+        # integration calls skip them to stay fast.
+        "VOICE_IVR_RECORDING_NOTICE": "false",
+        "VOICE_IVR_COLLECTOR_DISCLOSURE": "false",
+        **(extra_env or {}),
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "server.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml"), "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    log.close()  # the child holds its own descriptor
+    server = Server(proc, sip_port, http_port, data_dir, db_url, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{server.log()[-3000:]}")
+        if sip_options(sip_port):
+            return server
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"server did not answer OPTIONS:\n{server.log()[-3000:]}")
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        try:
+            server.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("voice"))
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+_ua_ports = iter(range(0, 10_000))
+
+
+def run_ua(
+    server: Server,
+    steps: str,
+    *,
+    caller: str = "+12125550101",
+    calls: int = 1,
+    dtmf: str = "rfc2833",
+    record: Path | None = None,
+    timeout: float = 60.0,
+    codec: str = "G722/16000",
+) -> list[dict[str, object]]:
+    """Run the scripted pjsua2 UA in its own process; one report per call."""
+    n = next(_ua_ports)
+    cmd = [
+        sys.executable,
+        str(PJUA),
+        "--target",
+        f"sip:ivr@127.0.0.1:{server.sip_port}",
+        "--caller",
+        caller,
+        "--sip-port",
+        str(free_port()),
+        "--rtp-port",
+        str(31000 + n * 20),
+        "--calls",
+        str(calls),
+        "--dtmf-method",
+        dtmf,
+        "--steps",
+        steps,
+        "--timeout",
+        str(timeout),
+        "--codec",
+        codec,
+    ]
+    if record is not None:
+        cmd += ["--record", str(record)]
+    out = subprocess.run(cmd, capture_output=True, timeout=timeout + 30, check=False)
+    reports = [
+        json.loads(line) for line in out.stdout.decode().splitlines() if line.startswith("{")
+    ]
+    assert len(reports) == calls, out.stderr.decode()[-3000:]
+    return reports
+
+
+def require_sipp() -> str:
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        pytest.fail("sipp (Debian sip-tester) is not installed: run `make test`")
+    return sipp
+
+
+def last_call_id(server: Server, caller: str) -> int:
+    from sqlalchemy import select
+
+    from accounts.models import Call
+
+    with make_sessions(make_engine(server.db_url))() as session:
+        call_id = session.scalars(
+            select(Call.id).where(Call.caller == caller).order_by(Call.id.desc()).limit(1)
+        ).first()
+    assert call_id is not None, f"no call from {caller}"
+    return call_id
+
+
+def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.1) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()  # type: ignore[operator]
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()  # type: ignore[operator]
