@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voice.sip.uri import user_part
+from voice.sip.uri import caller_id, user_part
 
 
 @pytest.mark.parametrize(
@@ -104,3 +104,17 @@ def test_user_part_never_raises_on_odd_input() -> None:
         result = user_part(value)
         assert result is None or result == "a"
     assert user_part("<sip:a@b" + ">" * 50) == "a"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"Anonymous" <sip:anonymous@anonymous.invalid>;tag=1', None),
+        ("<sip:Restricted@gw>", None),
+        ("sip:unknown@10.0.0.1", None),
+        (None, None),
+        ("<sip:+12125550101@gw>;tag=9", "+12125550101"),
+    ],
+)
+def test_caller_id_treats_withheld_as_none(value: str | None, expected: str | None) -> None:
+    assert caller_id(value) == expected

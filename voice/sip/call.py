@@ -18,7 +18,7 @@ import numpy as np
 
 from voice.ivr.call import DTMF_KEYS, HangUp
 from voice.sip.engine import CallIdentity, SipEngine
-from voice.sip.uri import user_part
+from voice.sip.uri import caller_id, user_part
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class SipCall:
 
     @property
     def caller(self) -> str | None:
-        return user_part(self.identity.remote_uri)
+        return caller_id(self.identity.remote_uri)
 
     @property
     def callee(self) -> str | None:

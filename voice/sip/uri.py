@@ -32,3 +32,13 @@ def user_part(value: str | None) -> str | None:
     if "@" not in rest and match.group("scheme").lower() != "tel":
         return None
     return user if _USER_OK.match(user) else None
+
+
+# User parts that mean "caller ID withheld" (RFC 3323 anonymous, and common carrier spellings).
+WITHHELD = frozenset({"anonymous", "unknown", "restricted", "private", "unavailable"})
+
+
+def caller_id(value: str | None) -> str | None:
+    """The caller's number from a From value, or None when missing, withheld or unsafe."""
+    user = user_part(value)
+    return None if user is None or user.lower() in WITHHELD else user
