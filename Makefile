@@ -20,6 +20,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 $(STAMP): pyproject.toml
+	@python3 -c 'import ensurepip, venv' 2>/dev/null || scripts/apt-ensure __venv__:python3-venv
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
