@@ -7,8 +7,12 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voice import config as config_mod
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +76,7 @@ def _serve(cfg: config_mod.Config, path: str | None) -> int:
     return 0
 
 
-def _sessions(cfg: config_mod.Config):  # noqa: ANN202 - sessionmaker generic is noisy here
+def _sessions(cfg: config_mod.Config) -> sessionmaker[Session]:
     from accounts.db import create_schema, make_engine, make_sessions
 
     engine = make_engine(cfg.database_url, cfg.database.busy_timeout_ms)

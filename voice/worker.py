@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from accounts.db import create_schema, make_engine, make_sessions
@@ -179,7 +178,3 @@ def run(cfg: Config, name: str = "w0") -> None:
         await Worker(cfg, name).serve(stop)
 
     asyncio.run(main())
-
-
-def with_port(cfg: Config, port: int) -> Config:
-    return replace(cfg, sip=replace(cfg.sip, port=port))

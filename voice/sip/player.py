@@ -7,6 +7,7 @@ without calling into pjlib.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -14,6 +15,8 @@ import numpy as np
 import pjsua2 as pj
 
 from voice.ivr.clips import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 FRAME_TIME = 0.020  # 20 ms, pjmedia's default ptime
 FRAME_SAMPLES = int(SAMPLE_RATE * FRAME_TIME)
@@ -77,9 +80,7 @@ class PcmPlayer(pj.AudioMediaPort):
             if done is not None:
                 done()
         except Exception:  # never let an exception escape into the media thread
-            import logging
-
-            logging.getLogger(__name__).exception("player frame failed")
+            log.exception("player frame failed")
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802
         # The player is only a source; received audio is tapped elsewhere (recording, ASR).
