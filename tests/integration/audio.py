@@ -26,6 +26,8 @@ def best_match(recording: np.ndarray, template: np.ndarray) -> tuple[float, int]
 
 CHUNK = 8000  # 0.5 s at 16 kHz: short enough that a jitter-buffer frame drop falls between chunks
 SEARCH = 4000  # 0.25 s: how far a chunk may sit from where the previous chunk placed it
+MIN_PIECE = 2000  # 125 ms: the shortest piece a chunk is split into around a discontinuity
+GOOD = 0.9  # a piece below this is split to see whether a frame drop/repeat sits inside it
 
 
 def match_in_order(
@@ -43,18 +45,34 @@ def match_in_order(
         piece = template[start : start + chunk]
         if float(np.sqrt(np.mean(piece.astype(np.float64) ** 2))) < 100:
             continue  # a pause in the template says nothing about what was heard
-        if offsets:
-            # Words repeat ("one thousand ... dollars"): look only near where the last chunk was.
-            low = max(0, offsets[-1] + start - SEARCH)
-            score, at = best_match(
-                recording[low : offsets[-1] + start + len(piece) + SEARCH], piece
-            )
-            at += low
-        else:
-            score, at = best_match(recording, piece)
+        score, at = _locate(recording, piece, start, offsets[-1] if offsets else None)
         scores.append(score)
         offsets.append(at - start)
     if not scores:
         return 0.0, 0.0, 0
     jumps = np.abs(np.diff(offsets)) / 16000 if len(offsets) > 1 else np.zeros(1)
     return min(scores), float(jumps.max()), offsets[0]
+
+
+def _locate(
+    recording: np.ndarray, piece: np.ndarray, start: int, lag: int | None
+) -> tuple[float, int]:
+    """Best (score, position) of `piece`; near `lag` when known.
+
+    A piece spanning a 20 ms frame drop or repeat matches neither side well, so a weak piece is
+    split in halves, each located on its own; the piece scores as its worse half. The lag is
+    thus piecewise constant, as a jitter buffer makes it, and the bar per piece stays GOOD.
+    """
+    if lag is None:
+        score, at = best_match(recording, piece)
+    else:
+        # Words repeat ("one thousand ... dollars"): look only near where the last piece was.
+        low = max(0, lag + start - SEARCH)
+        score, at = best_match(recording[low : lag + start + len(piece) + SEARCH], piece)
+        at += low
+    half = len(piece) // 2
+    if score >= GOOD or half < MIN_PIECE:
+        return score, at
+    first_score, first_at = _locate(recording, piece[:half], start, at - start)
+    second_score, _ = _locate(recording, piece[half:], start + half, first_at - start)
+    return max(score, min(first_score, second_score)), first_at

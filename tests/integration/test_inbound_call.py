@@ -114,13 +114,15 @@ def test_pjsua_caller_hears_the_balance(server: Server, tmp_path: Path) -> None:
     )
     expected = clips.render(balance_answer(balance)[0])
     score, jump, offset = match_in_order(heard, expected)
-    assert score > 0.9, f"balance answer not found in what the caller heard (worst r={score:.3f})"
+    # Every piece (down to 125 ms) must be there, in order. A piece holding one 20 ms frame the
+    # caller's jitter buffer concealed scores ~0.88; a different word scores ~0.1 (below).
+    assert score > 0.8, f"balance answer not found in what the caller heard (worst r={score:.3f})"
     assert jump < 0.1, f"answer pieces heard out of order or far apart ({jump:.3f} s)"
 
     # The same check against a different amount must fail, or the test proves nothing.
     wrong = type(balance)(balance.open_cents + 4_321_00, balance.past_due_cents, balance.currency)
     wrong_score, wrong_jump, _ = match_in_order(heard, clips.render(balance_answer(wrong)[0]))
-    assert wrong_score < 0.9 or wrong_jump >= 0.1, (wrong_score, wrong_jump)
+    assert wrong_score < 0.5 or wrong_jump >= 0.1, (wrong_score, wrong_jump)
 
     # And it came after the key press.
     [dtmf_at] = [t for t, kind, _ in report["events"] if kind == "dtmf"]
