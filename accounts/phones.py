@@ -11,7 +11,8 @@ _ANGLE = re.compile(r"<([^>]*)>")
 _SCHEME = re.compile(r"^(?:sips?|tel):", re.IGNORECASE)
 
 # Caller-ID values that mean "no number" rather than a malformed one.
-_WITHHELD = frozenset({"", "anonymous", "unknown", "restricted", "private", "unavailable"})
+# Caller-ID user parts that mean "withheld" (RFC 3323 anonymous, and carriers' spellings).
+WITHHELD = frozenset({"", "anonymous", "unknown", "restricted", "private", "unavailable"})
 
 
 _PARSE_REASONS = {
@@ -61,7 +62,7 @@ def caller_e164(raw: str | None, region: str) -> str | None:
     """E.164 of a caller ID, or None when it is missing, withheld or unparseable."""
     if raw is None:
         return None
-    if _strip_uri(raw).lower() in _WITHHELD:
+    if _strip_uri(raw).lower() in WITHHELD:
         return None
     try:
         return normalize(raw, region)

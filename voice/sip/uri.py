@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from accounts.phones import WITHHELD
+
 # name-addr or addr-spec: optional display name, then sip:/sips:/tel: URI, optionally in <>.
 _URI = re.compile(r"<?\s*(?P<scheme>sips?|tel):(?P<rest>[^>;?\s]*)", re.IGNORECASE)
 _USER_OK = re.compile(r"^[A-Za-z0-9+*#._~()-]{1,64}$")
@@ -32,10 +34,6 @@ def user_part(value: str | None) -> str | None:
     if "@" not in rest and match.group("scheme").lower() != "tel":
         return None
     return user if _USER_OK.match(user) else None
-
-
-# User parts that mean "caller ID withheld" (RFC 3323 anonymous, and common carrier spellings).
-WITHHELD = frozenset({"anonymous", "unknown", "restricted", "private", "unavailable"})
 
 
 def caller_id(value: str | None) -> str | None:
