@@ -7,7 +7,9 @@ Loaded once at start-up. An unknown key, a wrong type or an out-of-range value r
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -78,12 +80,53 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class WorkersConfig:
-    count: int = 1
+    count: int = 0
     restart_delay: float = 1.0
+    sip_port: int = 5100
+    drain_timeout: float = 30.0
 
     def validate(self) -> None:
-        _check_range("workers.count", self.count, 1, 256)
+        _check_range("workers.count", self.count, 0, 256)
         _check_range("workers.restart_delay", self.restart_delay, 0.0, 60.0)
+        _check_range("workers.sip_port", self.sip_port, 1024, 65000)
+        _check_range("workers.drain_timeout", self.drain_timeout, 0.0, 3600.0)
+
+    def resolved_count(self, cpus: int | None = None) -> int:
+        """`count`, or for 0 a size for this machine: 8 workers (32 calls) per core."""
+        if self.count:
+            return self.count
+        return min(64, 8 * (cpus or os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class KamailioConfig:
+    binary: str = "kamailio"
+    trunks: tuple[str, ...] = ("127.0.0.1",)
+    gateway: str = ""
+    realm: str = "collections-voice"
+    fail_over_ms: int = 2000
+
+    def validate(self) -> None:
+        for source in self.trunks:
+            try:
+                ipaddress.ip_network(source, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"kamailio.trunks: {source!r} is not an IP address or network"
+                ) from None
+        if self.gateway and not re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?", self.gateway):
+            raise ConfigError(f"kamailio.gateway: expected host or host:port, got {self.gateway!r}")
+        if not re.fullmatch(r"[A-Za-z0-9.\-]+", self.realm):
+            raise ConfigError(f"kamailio.realm: expected a domain name, got {self.realm!r}")
+        _check_range("kamailio.fail_over_ms", self.fail_over_ms, 200, 30000)
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    model: str = ""
+
+    def validate(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -141,6 +184,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    kamailio: KamailioConfig = field(default_factory=KamailioConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
     ivr: IvrConfig = field(default_factory=IvrConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)

@@ -57,9 +57,3 @@ def test_invalid_config_stops_start_up_naming_the_key(tmp_path: Path) -> None:
     out = voice("init-db", data_dir=tmp_path, VOICE_SIP_PORT="fifty")
     assert out.returncode == 2
     assert "sip.port" in out.stderr and "'fifty'" in out.stderr
-
-
-def test_serve_refuses_a_fleet_until_it_exists(tmp_path: Path) -> None:
-    out = voice("serve", "--workers", "3", data_dir=tmp_path)
-    assert out.returncode == 2
-    assert "workers.count" in out.stderr

@@ -139,7 +139,13 @@ def test_wrong_types_are_named(section: str, key: str, value: Any, message: str)
         ("sip", "log_level", 7, "sip.log_level: 7 is outside 0..6"),
         ("http", "port", 0, "http.port: 0 is outside 1..65535"),
         ("database", "busy_timeout_ms", -1, "database.busy_timeout_ms: -1 is outside"),
-        ("workers", "count", 0, "workers.count: 0 is outside 1..256"),
+        ("workers", "count", -1, "workers.count: -1 is outside 0..256"),
+        ("workers", "sip_port", 80, "workers.sip_port: 80 is outside 1024..65000"),
+        ("kamailio", "trunks", ["10.0.0.0/33"], "kamailio.trunks: '10.0.0.0/33' is not an IP"),
+        ("kamailio", "trunks", ["any"], "kamailio.trunks: 'any' is not an IP"),
+        ("kamailio", "gateway", "gw;x=1", "kamailio.gateway: expected host or host:port"),
+        ("kamailio", "realm", "a b", "kamailio.realm: expected a domain name"),
+        ("kamailio", "fail_over_ms", 10, "kamailio.fail_over_ms: 10 is outside 200..30000"),
         ("workers", "restart_delay", 61, "workers.restart_delay: 61.0 is outside 0.0..60.0"),
         ("ivr", "menu_timeout", 0.1, "ivr.menu_timeout: 0.1 is outside 0.5..60.0"),
         ("ivr", "max_failures", 0, "ivr.max_failures: 0 is outside 1..10"),
@@ -204,6 +210,13 @@ def test_env_overrides_apply_over_the_file(tmp_path: Path) -> None:
     assert cfg.database_url == "postgresql+psycopg://voice@db/voice"
     assert cfg.data == DataConfig(dir=str(data_dir))
     assert cfg.data_dir == data_dir
+
+
+def test_worker_count_zero_is_sized_to_the_machine() -> None:
+    assert Config().workers.count == 0
+    assert Config().workers.resolved_count(cpus=2) == 16
+    assert Config().workers.resolved_count(cpus=32) == 64
+    assert from_mapping({"workers": {"count": 3}}).workers.resolved_count(cpus=2) == 3
 
 
 def test_env_overrides_without_a_file(tmp_path: Path) -> None:
