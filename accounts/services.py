@@ -244,6 +244,48 @@ class CallJournal:
             session.flush()
             return note.id
 
+    def interrupt_calls(self, worker: str, reason: str) -> list[int]:
+        """Close every call `worker` still shows in progress (it died), filing their notes.
+
+        The note keeps what the caller did before the interruption, read back from the call's
+        events, so a collector sees the call even though the flow never wrote its own note.
+        """
+        closed = []
+        with self._sessions.begin() as session:
+            stmt = select(Call).where(Call.worker == worker, Call.status == "in_progress")
+            for call in session.scalars(stmt):
+                kinds = session.execute(
+                    select(CallEvent.kind, CallEvent.detail)
+                    .where(CallEvent.call_id == call.id)
+                    .order_by(CallEvent.seq)
+                ).all()
+                choices = [d.get("option", "?") for k, d in kinds if k == "choice"]
+                party = call.caller if call.direction == "inbound" else call.callee
+                lines = [
+                    f"{call.direction.capitalize()} call "
+                    f"{'from' if call.direction == 'inbound' else 'to'} "
+                    f"{party or 'a withheld number'} was interrupted: {reason}.",
+                    "Caller actions before that: " + "; ".join(choices) + "."
+                    if choices
+                    else "No menu actions before that.",
+                ]
+                now = utcnow()
+                call.status, call.end_reason, call.ended_at = "interrupted", reason[:100], now
+                call.summary = "\n".join(lines)
+                if call.account_id is not None:
+                    session.add(
+                        Note(
+                            account_id=call.account_id,
+                            call_id=call.id,
+                            created_at=now,
+                            author="supervisor",
+                            kind="call",
+                            body=call.summary,
+                        )
+                    )
+                closed.append(call.id)
+        return closed
+
     def events(self, call_id: int) -> list[tuple[str, dict[str, Any]]]:
         stmt = (
             select(CallEvent.kind, CallEvent.detail)

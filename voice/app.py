@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 def build_app(supervisor: Any) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
-        health = supervisor.health()
+        health = await supervisor.health()
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     return Starlette(routes=[Route("/healthz", healthz)])

@@ -23,11 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, help="number of call workers (overrides config)")
     worker = sub.add_parser("worker", help="run one call worker (normally started by serve)")
     worker.add_argument("--name", default="w0")
+    zygote = sub.add_parser("zygote", help=argparse.SUPPRESS)
+    ctl = sub.add_parser("ctl", help="ask the running server: health, dial TO, hangup CALL_ID")
+    ctl.add_argument("op", choices=["health", "dial", "hangup"])
+    ctl.add_argument("arg", nargs="?", help="dial: phone number or softphone user; hangup: call id")
     imp = sub.add_parser("import", help="import an ERP export (CSV) in one transaction")
     imp.add_argument("kind", choices=["accounts", "contacts", "invoices", "payments"])
     imp.add_argument("file", type=Path)
     sub.add_parser("init-db", help="create the database schema (and demo data if configured)")
-    for p in (serve, worker, imp, sub.choices["init-db"]):
+    for p in (serve, worker, zygote, ctl, imp, sub.choices["init-db"]):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -46,10 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.command == "worker":
-        from voice.worker import run
+        return _worker(cfg, args.name)
+    if args.command == "zygote":
+        from voice.zygote import run as run_zygote
 
-        run(cfg, args.name)
-        return 0
+        return run_zygote(cfg)
+    if args.command == "ctl":
+        return _ctl(cfg, args.op, args.arg)
     if args.command == "serve":
         return _serve(cfg, path)
     if args.command == "import":
@@ -73,6 +80,48 @@ def _serve(cfg: config_mod.Config, path: str | None) -> int:
         flush=True,
     )
     asyncio.run(supervisor.run())
+    return 0
+
+
+def _worker(cfg: config_mod.Config, name: str) -> int:
+    """One worker by hand (debugging): as `serve` would run it, without the supervisor."""
+    from accounts.db import create_schema, make_engine
+    from voice.fleet import worker_specs
+    from voice.worker import run
+
+    specs = {spec.name: spec for spec in worker_specs(cfg)}
+    if name not in specs:
+        print(f"voice: no worker {name!r} (known: {', '.join(specs)})", file=sys.stderr)
+        return 2
+    create_schema(make_engine(cfg.database_url, cfg.database.busy_timeout_ms))
+    run(cfg, specs[name])
+    return 0
+
+
+def _ctl(cfg: config_mod.Config, op: str, arg: str | None) -> int:
+    import json
+
+    from voice import control
+    from voice.fleet import run_dir
+
+    args: dict[str, object] = {}
+    if op == "dial":
+        if not arg:
+            print("voice: ctl dial needs a number or softphone user", file=sys.stderr)
+            return 2
+        args["to"] = arg
+    elif op == "hangup":
+        if not (arg and arg.isdigit()):
+            print("voice: ctl hangup needs a call id", file=sys.stderr)
+            return 2
+        args["call_id"] = int(arg)
+    try:
+        reply = asyncio.run(control.request(run_dir(cfg) / "supervisor.sock", op, 15.0, **args))
+    except control.ControlError as exc:
+        print(f"voice: {exc}", file=sys.stderr)
+        return 1
+    reply.pop("ok", None)
+    print(json.dumps(reply, indent=2))
     return 0
 
 

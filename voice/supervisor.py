@@ -1,64 +1,89 @@
-"""`voice serve`: prepares the database and prompt cache, then runs and restarts call workers.
+"""`voice serve`: the supervisor of the call fleet.
 
-Until the fleet (Kamailio in front of many workers) lands, it runs exactly one worker directly
-on the SIP port. Workers are separate processes so that a crash in pjsua2 takes only its calls.
+It prepares the database and prompt cache, starts the zygote (which preloads modules and the
+Vosk model and forks call workers), keeps one worker per `WorkerSpec` alive, runs Kamailio in
+front of them (unless in developer mode, one worker on the public SIP port), and serves HTTP.
+
+A worker that dies takes only its own calls: the supervisor closes those calls as interrupted,
+with notes, before it starts the replacement. Shutdown stops new calls (workers answer 503, so
+Kamailio has nowhere to send them), lets calls finish within `workers.drain_timeout`, ends the
+rest, then stops Kamailio: no process is left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.demo import load_demo_if_empty
+from accounts.services import CallJournal
+from voice import control, procinfo
 from voice.app import build_app
-from voice.config import Config, ConfigError
+from voice.config import Config
+from voice.fleet import WorkerSpec, run_dir, uses_kamailio, worker_specs
 from voice.ivr.clips import ClipLibrary
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT = 40.0  # seconds a worker gets to drain its calls after SIGTERM
+HEALTH_TIMEOUT = 1.0  # seconds a worker may take to answer a health request
+STOP_GRACE = 15.0  # seconds beyond drain_timeout before a worker is killed
 
 
 @dataclass
-class WorkerProcess:
-    name: str
-    proc: asyncio.subprocess.Process | None = None
+class WorkerState:
+    spec: WorkerSpec
+    pid: int | None = None
     restarts: int = 0
-    started_at: float = 0.0
     exits: list[int] = field(default_factory=list)
+    started_at: float = 0.0
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return self.pid is not None
 
 
 class Supervisor:
     def __init__(self, cfg: Config, config_path: str | None) -> None:
-        if cfg.workers.count != 1:
-            raise ConfigError(
-                "workers.count: only 1 is supported until the Kamailio fleet lands (developer mode)"
-            )
         self.cfg = cfg
         self.config_path = config_path
-        self.workers = [WorkerProcess(f"w{i}") for i in range(cfg.workers.count)]
+        self.workers = {spec.name: WorkerState(spec) for spec in worker_specs(cfg)}
+        self.kamailio: Any = None
+        self.model: str | None = None
+        self._zygote: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
+        self._journal: CallJournal | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._control = control.ControlServer(
+            run_dir(cfg) / "supervisor.sock",
+            {"health": self.health, "dial": self.dial, "hangup": self.hangup},
+        )
+
+    # -- start-up -----------------------------------------------------------------------------
 
     def prepare(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         db = make_engine(self.cfg.database_url, self.cfg.database.busy_timeout_ms)
         create_schema(db)
-        if self.cfg.accounts.demo_data and load_demo_if_empty(make_sessions(db)):
+        sessions = make_sessions(db)
+        if self.cfg.accounts.demo_data and load_demo_if_empty(sessions):
             log.info("empty database: demo accounts loaded")
-        db.dispose()
+        self._journal = CallJournal(sessions)
+        # Calls left in progress by a previous run that was killed outright.
+        for name in self.workers:
+            if closed := self._journal.interrupt_calls(name, "server stopped during the call"):
+                log.warning("closed %d call(s) %s left in progress", len(closed), name)
         clips = ClipLibrary(
             self.cfg.tts,
             self.cfg.data_dir / "cache" / "tts",
@@ -82,52 +107,219 @@ class Supervisor:
         )
         server.install_signal_handlers = lambda: None  # signals are ours
         http = asyncio.create_task(server.serve())
-        keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
+        await self._control.start()
+        keeper = asyncio.create_task(self._keep_zygote())
+        if uses_kamailio(self.cfg):
+            await self._start_kamailio()
         await self._stopping.wait()
-        await asyncio.gather(*(self._stop(w) for w in self.workers))
-        for task in keepers:
-            task.cancel()
+        await self._shutdown()
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        await self._control.close()
         server.should_exit = True
         await http
 
-    async def _keep(self, worker: WorkerProcess) -> None:
+    async def _start_kamailio(self) -> None:
+        from voice.routing.kamailio import Kamailio, WorkerAddress
+
+        addresses = [
+            WorkerAddress(w.spec.name, w.spec.sip.bind, w.spec.sip.port)
+            for w in self.workers.values()
+        ]
+        self.kamailio = Kamailio(self.cfg, addresses, run_dir(self.cfg) / "kamailio")
+        await self.kamailio.start()
+        log.info(
+            "Kamailio on %s:%d in front of %d workers",
+            self.cfg.sip.bind,
+            self.cfg.sip.port,
+            len(self.workers),
+        )
+
+    # -- the zygote and its workers -----------------------------------------------------------
+
+    async def _keep_zygote(self) -> None:
         while not self._stopping.is_set():
-            cmd = [sys.executable, "-m", "voice", "worker", "--name", worker.name]
+            cmd = [sys.executable, "-m", "voice"]
             if self.config_path:
                 cmd += ["--config", self.config_path]
-            worker.proc = await asyncio.create_subprocess_exec(*cmd, env=dict(os.environ))
-            worker.started_at = time.time()
-            code = await worker.proc.wait()
-            worker.exits.append(code)
+            cmd.append("zygote")
+            env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+            self._zygote = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+            )
+            await self._follow(self._zygote)
+            code = await self._zygote.wait()
             if self._stopping.is_set():
                 return
-            worker.restarts += 1
-            log.error("worker %s exited with %s; restarting", worker.name, code)
+            # Workers die with their zygote (PDEATHSIG): every call they held is interrupted.
+            log.error("zygote exited with %s; restarting it and all workers", code)
+            for worker in self.workers.values():
+                if worker.alive:
+                    await self._worker_exited(worker, -signal.SIGKILL)
             await asyncio.sleep(self.cfg.workers.restart_delay)
 
-    async def _stop(self, worker: WorkerProcess) -> None:
-        proc = worker.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+    async def _follow(self, zygote: asyncio.subprocess.Process) -> None:
+        assert zygote.stdout is not None
+        while line := await zygote.stdout.readline():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                log.error("zygote said something unreadable: %r", line[:200])
+                continue
+            kind = event.get("event")
+            if kind == "ready":
+                self.model = event.get("model")
+                for worker in self.workers.values():
+                    self._spawn(worker)
+            elif kind == "started":
+                worker = self.workers[event["name"]]
+                worker.pid, worker.started_at = event["pid"], time.time()
+                worker.exited.clear()
+            elif kind == "exited":
+                worker = self.workers[event["name"]]
+                await self._worker_exited(worker, event["status"])
+                if not self._stopping.is_set():
+                    self._restart_later(worker)
+            else:
+                log.error("zygote: %s", event.get("error", event))
 
-    def health(self) -> dict[str, object]:
-        workers = [
-            {
-                "name": w.name,
-                "alive": w.alive,
-                "pid": w.proc.pid if w.proc else None,
-                "restarts": w.restarts,
-            }
-            for w in self.workers
-        ]
+    def _spawn(self, worker: WorkerState) -> None:
+        zygote = self._zygote
+        if zygote is None or zygote.stdin is None or zygote.returncode is not None:
+            return
+        zygote.stdin.write(json.dumps({"op": "spawn", "name": worker.spec.name}).encode() + b"\n")
+
+    def _restart_later(self, worker: WorkerState) -> None:
+        async def restart() -> None:
+            await asyncio.sleep(self.cfg.workers.restart_delay)
+            if not self._stopping.is_set() and not worker.alive:
+                worker.restarts += 1
+                self._spawn(worker)
+
+        task = asyncio.create_task(restart())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _worker_exited(self, worker: WorkerState, status: int) -> None:
+        worker.pid = None
+        worker.exits.append(status)
+        worker.exited.set()
+        if self._stopping.is_set() and status == 0:
+            return
+        how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        log.error("worker %s stopped (%s)", worker.spec.name, how)
+        # Close its calls before the replacement (same name) can start new ones.
+        assert self._journal is not None
+        closed = await asyncio.to_thread(
+            self._journal.interrupt_calls,
+            worker.spec.name,
+            f"call worker {worker.spec.name} stopped ({how})",
+        )
+        if closed:
+            log.warning("worker %s: %d call(s) marked interrupted", worker.spec.name, len(closed))
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        live = [w for w in self.workers.values() if w.alive]
+        log.info("stopping: draining %d worker(s)", len(live))
+        for worker in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        deadline = self.cfg.workers.drain_timeout + STOP_GRACE
+        waits = [asyncio.create_task(w.exited.wait()) for w in live]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=deadline)
+            for task in pending:
+                task.cancel()
+        for worker in self.workers.values():
+            if worker.alive:
+                log.error("worker %s did not stop in time: killing it", worker.spec.name)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        zygote = self._zygote
+        if zygote is not None and zygote.returncode is None:
+            assert zygote.stdin is not None
+            zygote.stdin.close()  # end of commands: it reaps what is left and exits
+            try:
+                await asyncio.wait_for(zygote.wait(), 10.0)
+            except TimeoutError:
+                zygote.kill()
+                await zygote.wait()
+        if self.kamailio is not None:
+            await self.kamailio.stop()
+
+    # -- control: health, placing calls, hanging up -------------------------------------------
+
+    async def _ask(self, worker: WorkerState, op: str, **args: Any) -> dict[str, Any]:
+        return await control.request(worker.spec.control_path, op, HEALTH_TIMEOUT, **args)
+
+    async def health(self) -> dict[str, Any]:
+        live = [w for w in self.workers.values() if w.alive]
+        answers = await asyncio.gather(
+            *(self._ask(w, "health") for w in live), return_exceptions=True
+        )
+        by_name = {w.spec.name: a for w, a in zip(live, answers, strict=True)}
+        workers = []
+        for worker in self.workers.values():
+            answer = by_name.get(worker.spec.name)
+            ready = isinstance(answer, dict)
+            use = procinfo.usage(worker.pid) if worker.pid else None
+            workers.append(
+                {
+                    "name": worker.spec.name,
+                    "alive": worker.alive,
+                    "ready": ready,
+                    "pid": worker.pid,
+                    "sip_port": worker.spec.sip.port,
+                    "restarts": worker.restarts,
+                    "exits": worker.exits,
+                    "calls": answer["calls"] if ready else None,
+                    "max_calls": worker.spec.sip.max_calls,
+                    "draining": answer["draining"] if ready else None,
+                    "memory_kb": use.as_dict() if use else None,
+                }
+            )
+        kamailio_ok = self.kamailio is None or self.kamailio.alive
+        others = [os.getpid()] + ([self._zygote.pid] if self._zygote else [])
+        total_pss = sum(w["memory_kb"]["pss_kb"] for w in workers if w["memory_kb"]) + sum(
+            u.pss_kb for pid in others if (u := procinfo.usage(pid))
+        )
+        ok = all(w["ready"] for w in workers) and kamailio_ok and not self._stopping.is_set()
         return {
-            "status": "ok" if all(w["alive"] for w in workers) else "degraded",
+            "status": "ok" if ok else "degraded",
             "workers": workers,
+            "kamailio": None if self.kamailio is None else {"alive": self.kamailio.alive},
+            "asr_model": self.model,
+            "capacity": {
+                "calls": sum(w["calls"] or 0 for w in workers),
+                "max_calls": sum(w["max_calls"] for w in workers if w["ready"]),
+            },
+            "memory_total_pss_kb": total_pss,
         }
+
+    async def dial(self, to: str) -> dict[str, Any]:
+        """Place a call on the least busy worker that has a free slot."""
+        live = [w for w in self.workers.values() if w.alive]
+        answers = await asyncio.gather(
+            *(self._ask(w, "health") for w in live), return_exceptions=True
+        )
+        free = sorted(
+            (a["calls"], w.spec.name)
+            for w, a in zip(live, answers, strict=True)
+            if isinstance(a, dict) and not a["draining"] and a["calls"] < a["max_calls"]
+        )
+        if not free:
+            raise RuntimeError("no call worker has a free slot")
+        worker = self.workers[free[0][1]]
+        reply = await control.request(worker.spec.control_path, "dial", 10.0, to=to)
+        return {"worker": worker.spec.name, "call_id": reply["call_id"]}
+
+    async def hangup(self, call_id: int) -> dict[str, Any]:
+        for worker in self.workers.values():
+            if worker.alive:
+                with contextlib.suppress(control.ControlError):
+                    await self._ask(worker, "hangup", call_id=call_id)
+                    return {"worker": worker.spec.name, "call_id": call_id}
+        raise LookupError(f"no worker holds call {call_id}")

@@ -9,22 +9,29 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
+import re
 import signal
 from collections.abc import Callable
 from typing import Any
 
-from accounts.db import create_schema, make_engine, make_sessions
+from accounts.db import make_engine, make_sessions
 from accounts.services import CallJournal, Ledger
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
 from voice.config import Config
+from voice.control import ControlServer
+from voice.fleet import WorkerSpec
 from voice.ivr.clips import ClipLibrary
 from voice.ivr.inbound import InboundFlow
-from voice.sip.call import SipCall
+from voice.sip.call import ANSWER_TIMEOUT, SipCall
 from voice.sip.engine import CallIdentity, Events, SipEngine
 
 log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT = 30.0  # seconds calls in progress may take to finish on shutdown
+RING_TIMEOUT = 45.0  # seconds a call we place may ring before it counts as unanswered
+# A softphone user (Kamailio's registrar) or a phone number (Kamailio's gateway); nothing else
+# may reach a SIP URI we build.
+DIALABLE = re.compile(r"\+?[0-9]{3,15}|[a-z0-9._-]{1,64}")
 
 
 class AsyncLedger:
@@ -75,20 +82,25 @@ class CallLog:
 
 
 class Worker(Events):
-    def __init__(self, cfg: Config, name: str) -> None:
+    def __init__(self, cfg: Config, spec: WorkerSpec) -> None:
         self.cfg = cfg
-        self.name = name
-        db = make_engine(cfg.database_url, cfg.database.busy_timeout_ms)
-        create_schema(db)
-        sessions = make_sessions(db)
+        self.spec = spec
+        self.name = spec.name
+        sessions = make_sessions(make_engine(cfg.database_url, cfg.database.busy_timeout_ms))
         self.ledger = AsyncLedger(Ledger(sessions, region=cfg.accounts.default_region))
         self.journal = CallJournal(sessions)
         self.clips = ClipLibrary(
             cfg.tts, cfg.data_dir / "cache" / "tts", cfg.prompts_dir, cfg.ivr.company_name
         )
         self.calls: dict[int, SipCall] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.call_ids: dict[int, int] = {}  # engine key -> calls.id, once the call is journaled
+        self.tasks: dict[int, asyncio.Task[None]] = {}
         self.engine: SipEngine | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.control = ControlServer(
+            spec.control_path,
+            {"health": self.health, "hangup": self.hangup, "dial": self.dial},
+        )
 
     async def serve(self, stop: asyncio.Event) -> None:
         fresh = await asyncio.to_thread(self.clips.prewarm)
@@ -96,37 +108,98 @@ class Worker(Events):
             "worker %s: %d prompt clips rendered, SIP on %s:%d",
             self.name,
             fresh,
-            self.cfg.sip.bind,
-            self.cfg.sip.port,
+            self.spec.sip.bind,
+            self.spec.sip.port,
         )
-        self.engine = SipEngine(self.cfg.sip, asyncio.get_running_loop(), self)
+        self.engine = SipEngine(
+            self.spec.sip,
+            asyncio.get_running_loop(),
+            self,
+            media_bind=self.spec.media_bind,
+            proxy=self.spec.proxy,
+        )
         self.engine.start()
+        await self.control.start()
         try:
             await stop.wait()
-            await self.drain(DRAIN_TIMEOUT)
+            await self.drain(self.cfg.workers.drain_timeout)
         finally:
+            await self.control.close()
             await asyncio.to_thread(self.engine.stop)
 
     async def drain(self, timeout: float) -> None:
-        """Stop taking calls, let calls in progress finish, then hang up what is left."""
+        """Stop taking calls, let calls in progress finish, then end what is left."""
         assert self.engine is not None
         self.engine.draining = True
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
-            for call in list(self.calls.values()):
+        if not self.tasks:
+            return
+        log.info("worker %s: draining %d call(s), up to %g s", self.name, len(self.tasks), timeout)
+        _, pending = await asyncio.wait(set(self.tasks.values()), timeout=timeout)
+        # Cancelling a flow files its note as interrupted ("server shutting down").
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        for call in list(self.calls.values()):
+            await call.hangup()
+
+    # -- control channel ----------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        assert self.engine is not None
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "calls": len(self.calls),
+            "max_calls": self.spec.sip.max_calls,
+            "draining": self.engine.draining,
+            "counters": dict(self.engine.counters),
+            "call_ids": sorted(self.call_ids.values()),
+        }
+
+    async def hangup(self, call_id: int) -> dict[str, Any]:
+        for key, known in self.call_ids.items():
+            if known == call_id and (call := self.calls.get(key)):
                 await call.hangup()
-            if pending:
-                await asyncio.wait(pending, timeout=5.0)
+                return {"call_id": call_id}
+        raise LookupError(f"no call {call_id} on {self.name}")
+
+    async def dial(self, to: str) -> dict[str, Any]:
+        """Call a softphone user or a phone number through Kamailio and run the IVR for them."""
+        assert self.engine is not None
+        if self.spec.proxy is None:
+            raise RuntimeError("placing calls needs Kamailio (workers.count != 1)")
+        if not DIALABLE.fullmatch(to):
+            raise ValueError("'to' must be a phone number or a softphone user name")
+        identity = await self.engine.dial(f"sip:{to}@{self.cfg.kamailio.realm}")
+        # `outgoing` ran before this resumes (the engine posts it before returning).
+        for _ in range(100):
+            if identity.key in self.call_ids:
+                return {"call_id": self.call_ids[identity.key], "sip_call_id": identity.sip_call_id}
+            if identity.key not in self.tasks:
+                break
+            await asyncio.sleep(0.01)
+        return {"call_id": None, "sip_call_id": identity.sip_call_id}
 
     # -- Events (on the loop) -----------------------------------------------------------------
 
     def incoming(self, identity: CallIdentity) -> None:
+        self._track(identity, ANSWER_TIMEOUT)
+
+    def outgoing(self, identity: CallIdentity) -> None:
+        self._track(identity, RING_TIMEOUT)
+
+    def _track(self, identity: CallIdentity, answer_timeout: float) -> None:
         assert self.engine is not None
-        call = SipCall(self.engine, identity, self.clips.render)
+        call = SipCall(self.engine, identity, self.clips.render, answer_timeout)
         self.calls[identity.key] = call
         task = asyncio.create_task(self._run_call(call), name=f"call-{identity.key}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks[identity.key] = task
+        task.add_done_callback(lambda _t: self._forget(identity.key))
+
+    def _forget(self, key: int) -> None:
+        self.tasks.pop(key, None)
+        self.call_ids.pop(key, None)
 
     def confirmed(self, key: int) -> None:
         if call := self.calls.get(key):
@@ -150,24 +223,41 @@ class Worker(Events):
         )
 
     async def _run_call(self, call: SipCall) -> None:
+        outbound = call.identity.outbound
         try:
             call_id = await asyncio.to_thread(
                 self.journal.start_call,
-                direction="inbound",
-                caller=call.caller,
-                callee=call.callee,
+                direction="outbound" if outbound else "inbound",
+                caller=call.callee if outbound else call.caller,
+                callee=call.caller if outbound else call.callee,
                 worker=self.name,
                 sip_call_id=call.identity.sip_call_id,
             )
-            await asyncio.to_thread(self.journal.answered, call_id)
-            flow = InboundFlow(call, self.ledger, CallLog(self.journal, call_id), self.cfg.ivr)
+            self.call_ids[call.identity.key] = call_id
+            if not outbound:
+                await asyncio.to_thread(self.journal.answered, call_id)
+            else:
+                watcher = asyncio.create_task(self._note_answer(call, call_id))
+                self._watchers.add(watcher)
+                watcher.add_done_callback(self._watchers.discard)
+            flow = InboundFlow(
+                call,
+                self.ledger,
+                CallLog(self.journal, call_id),
+                self.cfg.ivr,
+                direction="outbound" if outbound else "inbound",
+            )
             await flow.run()
         except Exception:
             log.exception("call %s failed", call.identity.sip_call_id)
             await call.hangup()
 
+    async def _note_answer(self, call: SipCall, call_id: int) -> None:
+        if await call.wait_answered():
+            await asyncio.to_thread(self.journal.answered, call_id)
 
-def run(cfg: Config, name: str = "w0") -> None:
+
+def run(cfg: Config, spec: WorkerSpec) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     async def main() -> None:
@@ -175,6 +265,6 @@ def run(cfg: Config, name: str = "w0") -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Worker(cfg, name).serve(stop)
+        await Worker(cfg, spec).serve(stop)
 
     asyncio.run(main())

@@ -103,6 +103,7 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Ser
         # integration calls skip them to stay fast.
         "VOICE_IVR_RECORDING_NOTICE": "false",
         "VOICE_IVR_COLLECTOR_DISCLOSURE": "false",
+        "VOICE_WORKERS_COUNT": "1",  # developer mode unless a test asks for the fleet
         **(extra_env or {}),
     }
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -122,11 +123,19 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Ser
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited {proc.returncode}:\n{server.log()[-3000:]}")
-        if sip_options(sip_port):
+        if sip_options(sip_port) and _healthy(server):
             return server
         time.sleep(0.2)
     stop_server(server)
     raise RuntimeError(f"server did not answer OPTIONS:\n{server.log()[-3000:]}")
+
+
+def _healthy(server: Server) -> bool:
+    """Every worker answers its control channel (Kamailio answers OPTIONS before they do)."""
+    try:
+        return server.health()["status"] == "ok"
+    except (httpx.HTTPError, ValueError):
+        return False
 
 
 def stop_server(server: Server) -> None:

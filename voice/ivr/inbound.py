@@ -53,7 +53,8 @@ AgentHandoff = Callable[[Call, AccountSummary], Awaitable[bool]]
 class CallRecord:
     """What happened on the call, kept by the flow to write the note."""
 
-    caller: str | None
+    caller: str | None  # the customer's number: who called us, or whom a worker called
+    direction: str = "inbound"
     account: AccountSummary | None = None
     identified_by: str | None = None
     actions: list[str] = field(default_factory=list)
@@ -69,13 +70,14 @@ class InboundFlow:
         journal: Journal,
         cfg: IvrConfig,
         agent: AgentHandoff | None = None,
+        direction: str = "inbound",
     ) -> None:
         self.call = call
         self.ledger = ledger
         self.journal = journal
         self.cfg = cfg
         self.agent = agent
-        self.record = CallRecord(caller=call.caller)
+        self.record = CallRecord(caller=call.caller, direction=direction)
 
     async def run(self) -> CallRecord:
         try:
@@ -273,7 +275,10 @@ def payment_answer(payment: PaymentSummary | None) -> tuple[list[str], str]:
 
 def summarise(record: CallRecord) -> str:
     """The call note, written for a collector reading the account's history."""
-    lines = [f"Inbound IVR call from {record.caller or 'a withheld number'}."]
+    if record.direction == "outbound":
+        lines = [f"Outbound IVR call to {record.caller or 'an unknown number'}."]
+    else:
+        lines = [f"Inbound IVR call from {record.caller or 'a withheld number'}."]
     if record.account is not None:
         lines.append(f"Account {record.account.number} identified by {record.identified_by}.")
     else:

@@ -22,14 +22,21 @@ from voice.sip.uri import caller_id, user_part
 
 log = logging.getLogger(__name__)
 
-ANSWER_TIMEOUT = 10.0  # seconds to wait for the ACK before giving up on a call
+ANSWER_TIMEOUT = 10.0  # seconds to wait for the ACK of a call we answer before giving up
 
 Renderer = Callable[[Sequence[str]], np.ndarray]
 
 
 class SipCall:
-    def __init__(self, engine: SipEngine, identity: CallIdentity, render: Renderer) -> None:
+    def __init__(
+        self,
+        engine: SipEngine,
+        identity: CallIdentity,
+        render: Renderer,
+        answer_timeout: float = ANSWER_TIMEOUT,
+    ) -> None:
         self._engine = engine
+        self._answer_timeout = answer_timeout
         self.identity = identity
         self._render = render
         self._digits: asyncio.Queue[str] = asyncio.Queue()
@@ -49,7 +56,6 @@ class SipCall:
     @property
     def callee(self) -> str | None:
         return user_part(self.identity.local_uri)
-
     @property
     def ended(self) -> bool:
         return self._ended.is_set()
@@ -102,6 +108,11 @@ class SipCall:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ended.wait(), 5.0)
 
+    async def wait_answered(self) -> bool:
+        """True once the call is confirmed (ACKed or answered); False if it ended first."""
+        await self._first(self._confirmed.wait(), self._ended.wait())
+        return self._confirmed.is_set()
+
     # -- events from the engine (on the loop) -------------------------------------------------
 
     def on_confirmed(self) -> None:
@@ -127,7 +138,7 @@ class SipCall:
             return
         try:
             await asyncio.wait_for(
-                self._first(self._confirmed.wait(), self._ended.wait()), ANSWER_TIMEOUT
+                self._first(self._confirmed.wait(), self._ended.wait()), self._answer_timeout
             )
         except TimeoutError:
             await self.hangup()

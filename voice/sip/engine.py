@@ -50,12 +50,23 @@ class CallIdentity:
     sip_call_id: str
     remote_uri: str
     local_uri: str
+    outbound: bool = False
+
+
+class CallRefused(Exception):
+    """This worker will not place the call now (draining, full, bursting or a bad URI)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
 
 
 class Events:
     """What the engine tells the asyncio side; every method runs on the event loop."""
 
     def incoming(self, identity: CallIdentity) -> None: ...
+    def outgoing(self, identity: CallIdentity) -> None: ...
     def confirmed(self, key: int) -> None: ...
     def digit(self, key: int, digit: str) -> None: ...
     def disconnected(self, key: int, code: int, reason: str) -> None: ...
@@ -86,12 +97,15 @@ class _Call(pj.Call):
         super().__init__(account, call_id)
         self._engine = engine
         self.key = key
+        # Events of a call we place are held until `outgoing` has told the loop about it.
+        self.announced = call_id != pj.PJSUA_INVALID_ID
+        self.early: list[tuple[str, tuple[Any, ...]]] = []
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
         try:
             info = self.getInfo()
             if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
-                self._engine._post("confirmed", self.key)
+                self._engine._post_call(self, "confirmed", self.key)
             elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self._engine._gone(self, info.lastStatusCode, info.lastReason)
         except Exception:
@@ -112,14 +126,24 @@ class _Call(pj.Call):
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
         # onDtmfEvent fires for the same key too; digits are counted here only (RFC 2833 and INFO).
         try:
-            self._engine._post("digit", self.key, str(prm.digit))
+            self._engine._post_call(self, "digit", self.key, str(prm.digit))
         except Exception:
             log.exception("onDtmfDigit failed")
 
 
 class SipEngine:
-    def __init__(self, cfg: SipConfig, loop: asyncio.AbstractEventLoop, events: Events) -> None:
+    def __init__(
+        self,
+        cfg: SipConfig,
+        loop: asyncio.AbstractEventLoop,
+        events: Events,
+        *,
+        media_bind: str | None = None,
+        proxy: str | None = None,
+    ) -> None:
         self._cfg = cfg
+        self._media_bind = cfg.bind if media_bind is None else media_bind
+        self._proxy = proxy
         self._loop = loop
         self._events = events
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = (
@@ -191,6 +215,13 @@ class SipEngine:
 
         await self.run(_hangup)
 
+    async def dial(self, uri: str) -> CallIdentity:
+        """Place a call to `uri`; events then arrive as for an answered incoming call.
+
+        Raises `CallRefused` when this worker is draining, full or over its set-up rate.
+        """
+        return await self.run(lambda: self._dial(uri))
+
     # -- owner thread -------------------------------------------------------------------------
 
     def _main(self) -> None:
@@ -243,8 +274,11 @@ class SipEngine:
         acfg.idUri = f"sip:voice@{host}:{cfg.port}"
         acfg.mediaConfig.transportConfig.port = cfg.rtp_port
         acfg.mediaConfig.transportConfig.portRange = cfg.rtp_port_range
-        if cfg.bind != "0.0.0.0":
-            acfg.mediaConfig.transportConfig.boundAddress = cfg.bind
+        if self._media_bind not in ("0.0.0.0", ""):
+            acfg.mediaConfig.transportConfig.boundAddress = self._media_bind
+        if self._proxy:
+            # Calls this worker places go through Kamailio, the only way out to a trunk.
+            acfg.sipConfig.proxies.append(self._proxy)
         account = _Account(self)
         account.create(acfg, True)
         self._account = account
@@ -278,6 +312,12 @@ class SipEngine:
         except RuntimeError:  # loop closed during shutdown
             log.debug("dropped %s event: loop closed", method)
 
+    def _post_call(self, call: _Call, method: str, *args: Any) -> None:
+        if call.announced:
+            self._post(method, *args)
+        else:
+            call.early.append((method, args))
+
     def _admit(self, now: float) -> tuple[int, str] | None:
         while self._recent_setups and now - self._recent_setups[0] > 1.0:
             self._recent_setups.popleft()
@@ -307,6 +347,31 @@ class SipEngine:
         prm.statusCode = 200
         call.answer(prm)
 
+    def _dial(self, uri: str) -> CallIdentity:
+        assert self._account is not None
+        refusal = self._admit(time.monotonic())
+        if refusal is not None:
+            raise CallRefused(*refusal)
+        key = next(self._keys)
+        call = _Call(self, self._account, pj.PJSUA_INVALID_ID, key)
+        self._calls[key] = call
+        self._players[key] = PcmPlayer(f"play{key}")
+        try:
+            call.makeCall(uri, pj.CallOpParam(True))
+        except pj.Error as exc:
+            self._calls.pop(key, None)
+            self._players.pop(key, None)
+            raise CallRefused(400, describe(exc)) from None
+        info = call.getInfo()
+        self.counters["calls_placed"] += 1
+        identity = CallIdentity(key, info.callIdString, info.remoteUri, info.localUri, True)
+        self._post("outgoing", identity)
+        call.announced = True
+        for method, args in call.early:
+            self._post(method, *args)
+        call.early.clear()
+        return identity
+
     def _refuse(
         self, call: _Call, identity: CallIdentity, prm: pj.CallOpParam, code: int, reason: str
     ) -> None:
@@ -333,7 +398,7 @@ class SipEngine:
         if player is not None:
             player.stop()
             self._graveyard.append((time.monotonic() + PORT_GRACE, player))
-        self._post("disconnected", call.key, code, reason)
+        self._post_call(call, "disconnected", call.key, code, reason)
 
     def _reap_ports(self, now: float) -> None:
         while self._graveyard and self._graveyard[0][0] <= now:
