@@ -79,7 +79,11 @@ def _serve(cfg: config_mod.Config, path: str | None) -> int:
         f"{cfg.http.port}, data in {cfg.data_dir}",
         flush=True,
     )
-    asyncio.run(supervisor.run())
+    try:
+        asyncio.run(supervisor.run())
+    except RuntimeError as exc:  # e.g. Kamailio refused its config or a port is taken
+        print(f"voice: could not start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

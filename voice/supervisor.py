@@ -107,18 +107,22 @@ class Supervisor:
         )
         server.install_signal_handlers = lambda: None  # signals are ours
         http = asyncio.create_task(server.serve())
-        await self._control.start()
         keeper = asyncio.create_task(self._keep_zygote())
-        if uses_kamailio(self.cfg):
-            await self._start_kamailio()
-        await self._stopping.wait()
-        await self._shutdown()
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
-        await self._control.close()
-        server.should_exit = True
-        await http
+        try:
+            await self._control.start()
+            if uses_kamailio(self.cfg):
+                await self._start_kamailio()
+            await self._stopping.wait()
+        finally:
+            # Also on a failed start: no worker, zygote or Kamailio may outlive us.
+            self._stopping.set()
+            await self._shutdown()
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await self._control.close()
+            server.should_exit = True
+            await http
 
     async def _start_kamailio(self) -> None:
         from voice.routing.kamailio import Kamailio, WorkerAddress
