@@ -30,5 +30,7 @@ $(STAMP): pyproject.toml
 system-deps:
 	@scripts/apt-ensure espeak-ng:espeak-ng
 
+# PostgreSQL: tests start a throwaway server (tests/pg.py); Debian keeps it off PATH.
 test-system-deps:
-	@scripts/apt-ensure espeak-ng:espeak-ng sox:sox sipp:sip-tester
+	@scripts/apt-ensure espeak-ng:espeak-ng sox:sox sipp:sip-tester \
+		'/usr/lib/postgresql/*/bin/initdb:postgresql'

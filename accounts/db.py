@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,8 +41,26 @@ def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
     return engine
 
 
+# Advisory lock id for schema creation; any constant works if every process uses the same one.
+SCHEMA_LOCK_KEY = int.from_bytes(b"voice-db", "big")
+
+
 def create_schema(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+    """Create missing tables; safe when several processes call it at the same moment.
+
+    create_all checks for each table, then creates it: two callers can both find it missing and
+    the second fails ("already exists"; on PostgreSQL a duplicate key in pg_type). A lock held
+    across the whole of create_all makes later callers wait and then find the tables there.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # Transaction-scoped: released by the commit that makes the new tables visible.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        elif conn.dialect.name == "sqlite":
+            # Take the write lock before the first check (waiting up to busy_timeout for it).
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        Base.metadata.create_all(conn)
+        conn.commit()
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

@@ -36,6 +36,7 @@ COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 _MONEY = re.compile(r"^(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$")
+_MAX_CENTS = 2**63 - 1  # BIGINT
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 
@@ -57,6 +58,23 @@ class CsvImportError(Exception):
         super().__init__(f"{path}: {len(errors)} problem(s), nothing imported\n{lines}")
 
 
+def _max_length(column: Any) -> int:
+    return int(column.type.length)
+
+
+# CSV column -> longest value its database column holds. PostgreSQL refuses a longer value
+# (SQLite stores it), so it is a row error on every backend rather than a crash on one.
+_MAX_LENGTH = {
+    "account_number": _max_length(Account.number),
+    "customer_name": _max_length(Customer.name),
+    "timezone": _max_length(Account.timezone),
+    "collector": _max_length(Collector.name),
+    "label": _max_length(Contact.label),
+    "invoice_number": _max_length(Invoice.number),
+    "reference": _max_length(Payment.reference),
+}
+
+
 class _Row:
     """One data row; accessors return None and record an error when a value is unusable."""
 
@@ -76,6 +94,10 @@ class _Row:
     def text(self, column: str) -> str | None:
         """Value of a column, None when blank or absent (blank required columns are errors)."""
         value = self.values.get(column, "")
+        limit = _MAX_LENGTH.get(column)
+        if limit is not None and len(value) > limit:
+            self.fail(f"{column} is longer than {limit} characters")
+            return None
         if value:
             return value
         if column in self._required:
@@ -100,6 +122,9 @@ class _Row:
         exponent = value.as_tuple().exponent
         if isinstance(exponent, int) and exponent < -2:
             self.fail(f"invalid {column} {raw!r}: more than 2 decimal places")
+            return None
+        if value * 100 > _MAX_CENTS:
+            self.fail(f"{column} {raw!r} is too large")
             return None
         return int(value * 100)
 
@@ -128,6 +153,11 @@ def _decode(path: Path) -> str:
         ) from None
     if not text.strip():
         raise CsvImportError(path, [RowError(1, "file is empty; expected a header row")])
+    if "\x00" in text:
+        # Databases store no NUL in text (PostgreSQL refuses it); often a UTF-16 export.
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        message = "contains NUL bytes (0x00): is it UTF-16? save the file as UTF-8 CSV"
+        raise CsvImportError(path, [RowError(line, message)])
     return text
 
 

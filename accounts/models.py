@@ -1,6 +1,7 @@
 """Database tables for accounts, their contacts and documents, and the calls made about them.
 
-Money is stored as integer cents: exact, and no Decimal conversion warnings from SQLite.
+Money is stored as integer cents: exact, and no Decimal conversion warnings from SQLite; 64-bit,
+since a 32-bit PostgreSQL integer ends at 21,474,836.47.
 Timestamps are timezone-aware UTC on the Python side whatever the backend stores.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Date,
     DateTime,
     ForeignKey,
@@ -107,8 +109,8 @@ class Invoice(Base):
     number: Mapped[str] = mapped_column(String(64))
     issue_date: Mapped[dt.date] = mapped_column(Date)
     due_date: Mapped[dt.date] = mapped_column(Date)
-    amount_cents: Mapped[int] = mapped_column(Integer)
-    open_cents: Mapped[int] = mapped_column(Integer)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    open_cents: Mapped[int] = mapped_column(BigInteger)
 
 
 class Payment(Base):
@@ -118,7 +120,7 @@ class Payment(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     date: Mapped[dt.date] = mapped_column(Date)
-    amount_cents: Mapped[int] = mapped_column(Integer)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
     reference: Mapped[str] = mapped_column(String(100))
 
 
@@ -131,11 +133,13 @@ class Call(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     direction: Mapped[str] = mapped_column(String(8))
-    caller: Mapped[str | None] = mapped_column(String(200))
-    callee: Mapped[str | None] = mapped_column(String(200))
+    # Caller, callee and Call-ID come off the wire at any length: unbounded, since PostgreSQL
+    # refuses an over-long VARCHAR (SQLite never checks) and the call would go unjournaled.
+    caller: Mapped[str | None] = mapped_column(Text)
+    callee: Mapped[str | None] = mapped_column(Text)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
     worker: Mapped[str] = mapped_column(String(100))
-    sip_call_id: Mapped[str] = mapped_column(String(255))
+    sip_call_id: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="in_progress")
     end_reason: Mapped[str | None] = mapped_column(String(100))
     summary: Mapped[str | None] = mapped_column(Text)

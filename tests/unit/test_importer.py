@@ -24,8 +24,8 @@ Write = Callable[..., Path]
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'import.db'}")
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
     create_schema(engine)
     yield make_sessions(engine)
     engine.dispose()
@@ -307,3 +307,43 @@ def test_error_message_lists_all_problems(sessions: sessionmaker[Session], write
     message = str(info.value)
     assert "nothing imported" in message
     assert "line 2: unknown account 'X'" in message and "line 3: unknown account 'Y'" in message
+
+
+def test_values_longer_than_their_column_are_row_errors(
+    sessions: sessionmaker[Session], with_accounts: None, write: Write
+) -> None:
+    # PostgreSQL refuses an over-long VARCHAR where SQLite stores it: both must report the row.
+    long_number = "N" * 65
+    accounts = write(f"account_number,customer_name\n{long_number},Acme\nA-5,{'c' * 301}\n")
+    assert _errors(sessions, "accounts", accounts) == [
+        "line 2: account_number is longer than 64 characters",
+        "line 3: customer_name is longer than 300 characters",
+    ]
+    payments = write(f"account_number,date,amount,reference\nA-100,2024-02-01,1,{'r' * 101}\n")
+    assert _errors(sessions, "payments", payments) == [
+        "line 2: reference is longer than 100 characters"
+    ]
+    assert _count(sessions, Account) == 3
+
+
+def test_nul_bytes_are_refused(sessions: sessionmaker[Session], write: Write) -> None:
+    path = write("account_number,customer_name\nC-1,Acme\nC-2,Ac\x00me\n")
+    assert _errors(sessions, "accounts", path) == [
+        "line 3: contains NUL bytes (0x00): is it UTF-16? save the file as UTF-8 CSV"
+    ]
+
+
+def test_amounts_beyond_32_bits(
+    sessions: sessionmaker[Session], with_accounts: None, write: Write
+) -> None:
+    header = "account_number,invoice_number,issue_date,due_date,amount\n"
+    big = write(header + 'A-100,BIG,2024-01-01,2024-01-31,"30,000,000.00"\n')
+    assert import_csv(sessions, "invoices", big) == 1
+    a100 = Ledger(sessions).account_by_number("A-100")
+    assert a100 is not None
+    balance = Ledger(sessions).balance(a100.id, dt.date(2024, 6, 15))
+    assert balance == Balance(3_000_000_000, 3_000_000_000, "USD")
+    huge = write(header + "A-100,HUGE,2024-01-01,2024-01-31,100000000000000000\n")
+    assert _errors(sessions, "invoices", huge) == [
+        "line 2: amount '100000000000000000' is too large"
+    ]

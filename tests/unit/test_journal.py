@@ -1,6 +1,5 @@
 import datetime as dt
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,8 @@ from accounts.services import CallJournal, UnknownAccount, UnknownCall
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'journal.db'}")
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
     create_schema(engine)
     yield make_sessions(engine)
     engine.dispose()
@@ -64,6 +63,16 @@ def test_start_and_answer(sessions: sessionmaker[Session]) -> None:
     assert first is not None and first.tzinfo == dt.UTC
     journal.answered(call_id)
     assert _call(sessions, call_id).answered_at == first
+
+
+def test_long_sip_values_are_journaled(sessions: sessionmaker[Session]) -> None:
+    # Caller, callee and Call-ID come from the peer at any length (PostgreSQL checks VARCHAR).
+    uri = "sip:" + "9" * 300 + "@gw.example;transport=tcp"
+    call_id = CallJournal(sessions).start_call(
+        direction="inbound", caller=uri, callee=uri, worker="w", sip_call_id="c" * 400
+    )
+    call = _call(sessions, call_id)
+    assert (call.caller, call.callee, call.sip_call_id) == (uri, uri, "c" * 400)
 
 
 def test_start_rejects_bad_direction(sessions: sessionmaker[Session]) -> None:
@@ -149,6 +158,20 @@ def test_finish_is_one_transaction(sessions: sessionmaker[Session], account_id: 
     assert "UPDATE" in statements and "INSERT" in statements
 
 
+FAILING_NOTES_TRIGGER = {
+    "sqlite": [
+        "CREATE TRIGGER notes_fail BEFORE INSERT ON notes "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION notes_fail() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = 'check_violation'; END $$",
+        "CREATE TRIGGER notes_fail BEFORE INSERT ON notes "
+        "FOR EACH ROW EXECUTE FUNCTION notes_fail()",
+    ],
+}
+
+
 def test_finish_rolls_back_call_update_when_note_fails(
     sessions: sessionmaker[Session], account_id: int
 ) -> None:
@@ -156,12 +179,8 @@ def test_finish_rolls_back_call_update_when_note_fails(
     call_id = _start(journal)
     journal.set_account(call_id, account_id)
     with sessions.begin() as session:
-        session.execute(
-            text(
-                "CREATE TRIGGER notes_fail BEFORE INSERT ON notes "
-                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-            )
-        )
+        for statement in FAILING_NOTES_TRIGGER[session.get_bind().dialect.name]:
+            session.execute(text(statement))
 
     with pytest.raises(IntegrityError, match="disk full"):
         journal.finish_call(call_id, status="completed", end_reason="done", summary="s")

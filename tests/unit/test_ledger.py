@@ -17,8 +17,8 @@ TODAY = dt.date(2024, 6, 15)
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'nested' / 'ledger.db'}")
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
     create_schema(engine)
     yield make_sessions(engine)
     engine.dispose()
