@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.db import make_engine, make_sessions
 from accounts.services import CallJournal, Ledger
@@ -77,6 +80,17 @@ class Server:
     def health(self) -> dict[str, object]:
         return httpx.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=5).json()
 
+    @functools.cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.db_url)
+
+    @functools.cached_property
+    def _sessions(self) -> sessionmaker[Session]:
+        return make_sessions(self.engine)
+
+    def session(self) -> Session:
+        return self._sessions()
+
     def journal(self) -> CallJournal:
         return CallJournal(make_sessions(make_engine(self.db_url)))
 
@@ -89,7 +103,7 @@ class Server:
 
 def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
     sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
-    db_url = f"sqlite:///{data_dir / 'voice.db'}"
+    db_url = (extra_env or {}).get("VOICE_DATABASE_URL", f"sqlite:///{data_dir / 'voice.db'}")
     env = {
         **os.environ,
         "VOICE_DATA_DIR": str(data_dir),
@@ -139,6 +153,8 @@ def _healthy(server: Server) -> bool:
 
 
 def stop_server(server: Server) -> None:
+    if "engine" in server.__dict__:
+        server.engine.dispose()  # the tests' own connections (PostgreSQL would warn at exit)
     if server.proc.poll() is None:
         os.killpg(server.proc.pid, signal.SIGTERM)
         try:

@@ -1,0 +1,314 @@
+"""The call fleet: Kamailio in front of several workers, crash isolation, control, shutdown.
+
+Every test runs `voice serve` as a real process (supervisor, zygote, workers, Kamailio) and
+drives it with sipp on 127.0.0.1. The module's fleet runs once on SQLite and once on a real
+PostgreSQL, so several workers write calls and notes to both at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from accounts.models import Call, CallEvent, Note
+from tests.integration.conftest import (
+    REPO,
+    Server,
+    free_port,
+    require_sipp,
+    start_server,
+    stop_server,
+    wait_for,
+)
+
+SIPP_DIR = Path(__file__).resolve().parents[1] / "sipp"
+KNOWN = "+12125550101"  # demo account 10042
+WORKERS = 5  # 20 call slots: more than one worker (4) holds
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/sbin/kamailio").exists() and not os.environ.get("CI"),
+    reason="Kamailio is not installed (make test installs it)",
+)
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive ports free for UDP on 127.0.0.1."""
+    for _ in range(100):
+        base = random.randrange(20000, 30000 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def fleet_env(workers: int, **extra: str) -> dict[str, str]:
+    return {
+        "VOICE_WORKERS_COUNT": str(workers),
+        "VOICE_WORKERS_SIP_PORT": str(free_port_block(workers)),
+        "VOICE_WORKERS_RESTART_DELAY": "0.5",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def fleet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    gateway_port = free_port()
+    extra = fleet_env(WORKERS, VOICE_KAMAILIO_GATEWAY=f"127.0.0.1:{gateway_port}")
+    if request.param == "postgresql":
+        extra["VOICE_DATABASE_URL"] = request.getfixturevalue("pg_cluster").create_database()
+    srv = start_server(tmp_path_factory.mktemp(f"fleet-{request.param}"), extra)
+    srv.gateway_port = gateway_port  # type: ignore[attr-defined]
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+def sipp_calls(
+    server: Server,
+    tmp_path: Path,
+    *,
+    calls: int,
+    rate: int,
+    hold_ms: int,
+    timeout: float = 60.0,
+    background: bool = False,
+) -> subprocess.CompletedProcess[bytes] | subprocess.Popen[bytes]:
+    args = [
+        require_sipp(),
+        "-sf",
+        "fleet_ivr_call.xml",
+        "-key",
+        "caller",
+        KNOWN,
+        "-s",
+        "ivr",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port()),
+        "-mp",
+        str(free_port_block(4)),
+        "-m",
+        str(calls),
+        "-l",
+        str(calls),
+        "-r",
+        str(rate),
+        "-d",
+        str(hold_ms),
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str(tmp_path / "sipp-errors.log"),
+        "-trace_stat",
+        "-stf",
+        str(tmp_path / "sipp-stat.csv"),
+        f"127.0.0.1:{server.sip_port}",
+    ]
+    if background:
+        with (tmp_path / "sipp.out").open("wb") as out:
+            return subprocess.Popen(args, cwd=SIPP_DIR, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.run(args, cwd=SIPP_DIR, capture_output=True, timeout=timeout + 30)
+
+
+def calls_since(server: Server, first_id: int) -> list[Call]:
+    with server.session() as session:
+        return list(session.scalars(select(Call).where(Call.id > first_id).order_by(Call.id)))
+
+
+def last_id(server: Server) -> int:
+    with server.session() as session:
+        return session.scalar(select(Call.id).order_by(Call.id.desc()).limit(1)) or 0
+
+
+def choices_of(server: Server, call_id: int) -> list[str]:
+    with server.session() as session:
+        rows = session.scalars(
+            select(CallEvent.detail).where(CallEvent.call_id == call_id, CallEvent.kind == "choice")
+        )
+        return [d["option"] for d in rows]
+
+
+def answered_at(server: Server, call_id: int) -> object:
+    with server.session() as session:
+        return session.scalar(select(Call.answered_at).where(Call.id == call_id))
+
+
+def account_of(server: Server, call_id: int) -> int | None:
+    with server.session() as session:
+        return session.scalar(select(Call.account_id).where(Call.id == call_id))
+
+
+def note_of(server: Server, call_id: int) -> str | None:
+    with server.session() as session:
+        return session.scalar(select(Note.body).where(Note.call_id == call_id))
+
+
+def detail(out: subprocess.CompletedProcess[bytes], server: Server) -> str:
+    return (
+        out.stdout.decode(errors="replace")[-1500:]
+        + out.stderr.decode(errors="replace")[-1500:]
+        + server.log()[-3000:]
+    )
+
+
+def test_more_calls_than_one_worker_holds_all_complete(fleet: Server, tmp_path: Path) -> None:
+    before = last_id(fleet)
+    out = sipp_calls(fleet, tmp_path, calls=16, rate=16, hold_ms=3000)
+    assert out.returncode == 0, detail(out, fleet)
+    calls = wait_for(lambda: (c := calls_since(fleet, before)) and len(c) == 16 and c, 20)
+    assert calls, f"expected 16 calls, found {len(calls_since(fleet, before))}"
+    assert wait_for(lambda: all(c.status != "in_progress" for c in calls_since(fleet, before)))
+    calls = calls_since(fleet, before)
+    assert {c.status for c in calls} == {"completed"}
+    assert len({c.worker for c in calls}) >= 4  # spread over the fleet, 4 calls each at most
+    for call in calls:
+        assert choices_of(fleet, call.id) == ["balance"], call.id
+        assert "Caller actions: balance" in (note_of(fleet, call.id) or "")
+
+
+def test_a_killed_worker_takes_only_its_own_calls(fleet: Server, tmp_path: Path) -> None:
+    before = last_id(fleet)
+    sipp = sipp_calls(fleet, tmp_path, calls=8, rate=8, hold_ms=7000, background=True)
+    try:
+        busy = wait_for(
+            lambda: [w for w in fleet.health()["workers"] if w["calls"]] or None, timeout=10
+        )
+        assert busy, "no worker took calls"
+        victim = busy[0]
+        # Mid-menu: every call has reached its account (notes are filed on the account).
+        assert wait_for(
+            lambda: len(c := calls_since(fleet, before)) == 8 and all(x.account_id for x in c), 10
+        )
+        os.kill(victim["pid"], signal.SIGKILL)
+        sipp.wait(60)
+    finally:
+        if sipp.poll() is None:
+            sipp.kill()
+            sipp.wait()
+    calls = calls_since(fleet, before)
+    assert wait_for(lambda: all(c.status != "in_progress" for c in calls_since(fleet, before)))
+    calls = calls_since(fleet, before)
+    killed = [c for c in calls if c.worker == victim["name"]]
+    others = [c for c in calls if c.worker != victim["name"]]
+    assert killed and others
+    assert {c.status for c in others} == {"completed"}
+    for call in killed:
+        assert call.status == "interrupted"
+        assert "killed by signal 9" in (call.end_reason or "")
+        note = note_of(fleet, call.id) or ""
+        assert "was interrupted" in note and victim["name"] in note
+    # The supervisor restarted the worker, and the fleet is whole again.
+    health = wait_for(
+        lambda: (h := fleet.health())["status"] == "ok"
+        and next(w for w in h["workers"] if w["name"] == victim["name"])["restarts"] == 1
+        and h,
+        timeout=20,
+    )
+    assert health, fleet.health()
+    restarted = next(w for w in health["workers"] if w["name"] == victim["name"])
+    assert restarted["pid"] != victim["pid"] and restarted["exits"] == [-9]
+
+
+def test_a_burst_beyond_capacity_is_refused_not_crashed(fleet: Server, tmp_path: Path) -> None:
+    before_health = fleet.health()["workers"]
+    before = last_id(fleet)
+    # 40 calls within half a second, each held 4 s: twice the fleet's 20 slots at once.
+    out = sipp_calls(fleet, tmp_path, calls=40, rate=80, hold_ms=4000)
+    answered = len(calls_since(fleet, before))
+    assert out.returncode != 0, "sipp saw no refusal: the fleet claims more than 20 slots"
+    assert WORKERS * 3 <= answered <= WORKERS * 4, answered
+    after = fleet.health()
+    assert after["status"] == "ok"
+    # Nobody crashed: same processes, no new restarts.
+    assert [(w["pid"], w["restarts"]) for w in after["workers"]] == [
+        (w["pid"], w["restarts"]) for w in before_health
+    ]
+
+
+def voice_ctl(server: Server, *args: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml"), "ctl", *args],
+        env={**os.environ, "VOICE_DATA_DIR": str(server.data_dir)},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    return json.loads(out.stdout)
+
+
+def test_control_channel_places_and_ends_a_call(fleet: Server, tmp_path: Path) -> None:
+    health = voice_ctl(fleet, "health")
+    assert health["capacity"]["max_calls"] == WORKERS * 4
+    assert all(w["ready"] and w["memory_kb"]["pss_kb"] > 0 for w in health["workers"])
+    # The trunk's gateway is a sipp UAS: the call a worker places reaches it through Kamailio.
+    gateway_log = (tmp_path / "gateway.out").open("wb")
+    gateway = subprocess.Popen(
+        [
+            require_sipp(),
+            "-sn",
+            "uas",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(fleet.gateway_port),
+            "-mp",
+            str(free_port_block(4)),
+            "-m",
+            "1",
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-nostdin",
+        ],
+        stdout=gateway_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        time.sleep(0.5)
+        placed = voice_ctl(fleet, "dial", KNOWN)
+        call_id = placed["call_id"]
+        assert isinstance(call_id, int)
+        assert wait_for(lambda: answered_at(fleet, call_id) is not None)
+        # The IVR greets the customer it called and finds their account by the number.
+        assert wait_for(lambda: account_of(fleet, call_id), timeout=15)
+        assert voice_ctl(fleet, "hangup", str(call_id))["call_id"] == call_id
+        assert gateway.wait(20) == 0, (tmp_path / "gateway.out").read_text()[-2000:]
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
+        gateway_log.close()
+    with fleet.session() as session:
+        call = session.get(Call, call_id)
+        assert call is not None
+        assert (call.direction, call.callee, call.worker) == ("outbound", KNOWN, placed["worker"])
+        assert call.answered_at is not None
+    assert wait_for(lambda: note_of(fleet, call_id))
+    assert "Outbound IVR call to +12125550101" in (note_of(fleet, call_id) or "")
