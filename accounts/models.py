@@ -8,6 +8,7 @@ Timestamps are timezone-aware UTC on the Python side whatever the backend stores
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from sqlalchemy import (
@@ -23,7 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 
 def utcnow() -> dt.datetime:
@@ -171,3 +172,31 @@ class Note(Base):
     author: Mapped[str] = mapped_column(String(100))
     kind: Mapped[str] = mapped_column(String(16))
     body: Mapped[str] = mapped_column(Text)
+
+
+SOFTPHONE_USERNAME = re.compile(r"[a-z0-9._-]{1,64}")
+
+
+class Softphone(Base):
+    """A collector's SIP softphone login. Only digests are kept, never the password: `ha1` is
+    MD5(username:realm:password) and `ha1b` MD5(username@realm:realm:password), the forms
+    Kamailio's auth_db checks with calculate_ha1 = 0. A new realm needs a new password."""
+
+    __tablename__ = "softphones"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    realm: Mapped[str] = mapped_column(String(200))
+    ha1: Mapped[str] = mapped_column(String(32))
+    ha1b: Mapped[str] = mapped_column(String(32))
+    collector_id: Mapped[int | None] = mapped_column(ForeignKey("collectors.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+    collector: Mapped[Collector | None] = relationship(lazy="joined")
+
+    @validates("username")
+    def _check_username(self, _key: str, value: str) -> str:
+        # The name reaches Kamailio's db_text files and a SIP header: a strict alphabet.
+        if not SOFTPHONE_USERNAME.fullmatch(value):
+            raise ValueError(f"softphone username {value!r}: use 1-64 of a-z 0-9 . _ -")
+        return value
