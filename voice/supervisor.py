@@ -294,7 +294,12 @@ class Supervisor:
         return {
             "status": "ok" if ok else "degraded",
             "workers": workers,
-            "kamailio": None if self.kamailio is None else {"alive": self.kamailio.alive},
+            "kamailio": (
+                None
+                if self.kamailio is None
+                else {"alive": self.kamailio.alive, "pid": self.kamailio.pid}
+            ),
+            "zygote_pid": self._zygote.pid if self._zygote else None,
             "asr_model": self.model,
             "capacity": {
                 "calls": sum(w["calls"] or 0 for w in workers),

