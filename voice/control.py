@@ -34,6 +34,7 @@ class ControlServer:
         self.path = path
         self._handlers = handlers
         self._server: asyncio.AbstractServer | None = None
+        self._serving: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,22 +46,28 @@ class ControlServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._serving):  # a request still in a handler ends here
+                task.cancel()
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
         try:
-            line = await asyncio.wait_for(reader.readuntil(b"\n"), 5.0)
-            reply = await self._dispatch(line)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            reply = {"ok": False, "error": "incomplete request"}
-        try:
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), 5.0)
+                reply = await self._dispatch(line)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                reply = {"ok": False, "error": "incomplete request"}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except ConnectionError:
             pass
         finally:
+            self._serving.discard(task)
             writer.close()
 
     async def _dispatch(self, line: bytes) -> dict[str, Any]:

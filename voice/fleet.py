@@ -52,9 +52,12 @@ def worker_specs(cfg: Config, cpus: int | None = None) -> list[WorkerSpec]:
             f"sip.rtp_port_range: {cfg.sip.rtp_port_range} ports cannot give {count} workers "
             f"{MIN_RTP_PORTS} RTP ports each; raise it to at least {count * MIN_RTP_PORTS}"
         )
-    last_sip = cfg.workers.sip_port + count - 1
-    if last_sip > 65535:
-        raise ConfigError(f"workers.sip_port: {count} workers would need ports up to {last_sip}")
+    worker_ports = range(cfg.workers.sip_port, cfg.workers.sip_port + count)
+    if cfg.sip.port in worker_ports:
+        raise ConfigError(
+            f"workers.sip_port: workers would use ports {worker_ports.start}.."
+            f"{worker_ports.stop - 1}, which includes Kamailio's sip.port {cfg.sip.port}"
+        )
     proxy_host = LOOPBACK if cfg.sip.bind in ("0.0.0.0", "") else cfg.sip.bind
     proxy = f"sip:{proxy_host}:{cfg.sip.port};lr"
     specs = []
