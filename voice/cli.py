@@ -14,6 +14,8 @@ from voice import config as config_mod
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
+    from accounts.models import Softphone
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voice", description="collections-voice server")
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("kind", choices=["accounts", "contacts", "invoices", "payments"])
     imp.add_argument("file", type=Path)
     sub.add_parser("init-db", help="create the database schema (and demo data if configured)")
+    _add_softphones_parser(sub)
     for p in (serve, worker, zygote, ctl, imp, sub.choices["init-db"]):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(cfg, path)
     if args.command == "import":
         return _import(cfg, args.kind, args.file)
+    if args.command == "softphones":
+        return _softphones(cfg, args)
     return _init_db(cfg)
 
 
@@ -159,3 +164,83 @@ def _init_db(cfg: config_mod.Config) -> int:
         print("voice: demo data loaded")
     print(f"voice: database ready at {cfg.database_url}")
     return 0
+
+
+def _add_softphones_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    phones = sub.add_parser("softphones", help="collectors' SIP logins: add, list, remove, passwd")
+    ops = phones.add_subparsers(dest="op", required=True)
+    add = ops.add_parser("add", help="create a login; prints a generated password once")
+    add.add_argument("name", help="SIP user name: 1-64 of a-z 0-9 . _ -")
+    add.add_argument("--collector", help="name of the collector who uses it")
+    passwd = ops.add_parser("passwd", help="set a new password (generated unless --password-stdin)")
+    passwd.add_argument("name")
+    for p in (add, passwd):
+        p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    remove = ops.add_parser("remove", help="delete a login; its registrations end at once")
+    remove.add_argument("name")
+    listing = ops.add_parser("list", help="show the logins (never a password)")
+    for p in (add, passwd, remove, listing):
+        p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+
+
+def _softphones(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from voice.routing.softphones import SoftphoneError, Softphones, generate_password
+
+    phones, realm = Softphones(_sessions(cfg)), cfg.kamailio.realm
+    try:
+        if args.op == "list":
+            return _list_softphones(phones.list(), realm)
+        if args.op == "remove":
+            phones.remove(args.name)
+            print(f"voice: softphone {args.name} removed")
+        else:
+            password = _password_from_stdin() if args.password_stdin else generate_password()
+            if args.op == "add":
+                phones.add(args.name, realm, password, args.collector)
+                print(f"voice: softphone {args.name} added (realm {realm})")
+            else:
+                phones.set_password(args.name, realm, password)
+                print(f"voice: softphone {args.name} has a new password")
+            if not args.password_stdin:
+                print(f"password: {password}  (shown once; only its digest is stored)")
+    except SoftphoneError as exc:
+        print(f"voice: {exc}", file=sys.stderr)
+        return 1
+    _apply_softphones(cfg)
+    return 0
+
+
+def _password_from_stdin() -> str:
+    from voice.routing.softphones import SoftphoneError, check_password
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    check_password(password)  # raises SoftphoneError
+    if password != password.strip():
+        raise SoftphoneError("password must not start or end with spaces")
+    return password
+
+
+def _list_softphones(phones: list[Softphone], realm: str) -> int:
+    if not phones:
+        print("voice: no softphones")
+        return 0
+    for phone in phones:
+        collector = phone.collector.name if phone.collector else "-"
+        stale = "" if phone.realm == realm else f"  (realm {phone.realm}: run passwd)"
+        print(f"{phone.username:<24} {collector:<24} {phone.created_at:%Y-%m-%d %H:%M} UTC{stale}")
+    return 0
+
+
+def _apply_softphones(cfg: config_mod.Config) -> None:
+    """A server that ran here keeps Kamailio's tables in its run folder: update them now."""
+    from voice.routing.kamailio import KamailioError, apply_credentials, default_run_dir
+
+    run_dir = default_run_dir(cfg)
+    if not run_dir.is_dir():
+        return
+    try:
+        apply_credentials(cfg, run_dir)
+    except (OSError, KamailioError) as exc:
+        print(f"voice: not applied to the running SIP front ({exc}); restart it", file=sys.stderr)
+        return
+    print(f"voice: credentials exported to {run_dir} (Kamailio reloads them, no restart)")
