@@ -26,11 +26,13 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-# Debian packages: TTS for prompts at run time; SIP peers for the tests.
+# Debian packages: TTS for prompts and Kamailio (the SIP front) at run time; SIP peers for the
+# tests. Kamailio lives in /usr/sbin, often not on a user's PATH, hence the full path.
 system-deps:
-	@scripts/apt-ensure espeak-ng:espeak-ng
+	@scripts/apt-ensure espeak-ng:espeak-ng /usr/sbin/kamailio:kamailio
 
 # PostgreSQL: tests start a throwaway server (tests/pg.py); Debian keeps it off PATH.
 test-system-deps:
 	@scripts/apt-ensure espeak-ng:espeak-ng sox:sox sipp:sip-tester \
+		/usr/sbin/kamailio:kamailio baresip:baresip-core \
 		'/usr/lib/postgresql/*/bin/initdb:postgresql'
