@@ -88,11 +88,16 @@ class Lab:
     fronts: list[Kamailio] = field(default_factory=list)
 
     async def front(
-        self, workers: list[WorkerAddress], *, gateway: str = "", **kamailio: object
+        self,
+        workers: list[WorkerAddress],
+        *,
+        gateway: str = "",
+        sip: dict[str, object] | None = None,
+        **kamailio: object,
     ) -> Kamailio:
         port = free_port()
         raw = {
-            "sip": {"bind": "127.0.0.1", "port": port, "tcp": False},
+            "sip": {"bind": "127.0.0.1", "port": port, "tcp": False, **(sip or {})},
             "database": {"url": f"sqlite:///{self.tmp / 'voice.db'}"},
             "kamailio": {
                 "trunks": [TRUNK_IP],
@@ -278,6 +283,38 @@ async def test_start_failures_are_clear_errors_and_leave_nothing_running(lab: La
             await busy.start()
     assert not busy.alive
     assert processes_running(busy.config_path) == []
+
+
+def tcp_options(port: int) -> str:
+    """One OPTIONS over TCP; the status line of the reply."""
+    call_id = uuid.uuid4().hex
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        local = s.getsockname()[1]
+        s.sendall(
+            (
+                f"OPTIONS sip:127.0.0.1:{port};transport=tcp SIP/2.0\r\n"
+                f"Via: SIP/2.0/TCP 127.0.0.1:{local};branch=z9hG4bK{call_id}\r\n"
+                f"From: <sip:probe@127.0.0.1>;tag={call_id[:8]}\r\nTo: <sip:127.0.0.1:{port}>\r\n"
+                f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        return s.recv(65535).decode().split("\r\n", 1)[0]
+
+
+async def test_default_listen_every_interface_udp_and_tcp(lab: Lab) -> None:
+    # config.toml's default: sip.bind 0.0.0.0 with UDP and TCP.
+    w0 = worker("w0")
+    uas = await lab.sipp_uas(w0.port)
+    front = await lab.front([w0], sip={"bind": "0.0.0.0", "tcp": True})
+    assert tcp_options(front.cfg.sip.port) == "SIP/2.0 200 OK"
+    result = await sipp_uac(front, lab.tmp, service="ivr", ip=TRUNK_IP)
+    assert result.code == 0, result.output + explain(front, uas)
+    (invite,) = uas.received("INVITE")
+    # Never 0.0.0.0 in Via or Record-Route: the worker's BYE must find its way back.
+    assert "0.0.0.0" not in invite
+    assert f"Record-Route: <sip:127.0.0.1:{front.cfg.sip.port};lr" in invite
+    assert uas.received("BYE")
 
 
 # -- trunk calls and fail-over ----------------------------------------------------------------
@@ -595,7 +632,9 @@ def register(port: int, user: str, password: str) -> list[int]:
 async def test_credential_changes_apply_without_restart(lab: Lab) -> None:
     front = await lab.front([worker("w0")])
     port, realm = front.cfg.sip.port, front.cfg.kamailio.realm
-    phones = Softphones(make_sessions(make_engine(front.cfg.database_url)))
+    engine = make_engine(front.cfg.database_url)
+    create_schema(engine)
+    phones = Softphones(make_sessions(engine))
     assert register(port, "bob", "bob-password-1") == [401, 403]  # unknown user
     # Two changes within one second: db_text only compares whole-second mtimes.
     phones.add("bob", realm, "bob-password-1")
@@ -617,3 +656,4 @@ async def test_credential_changes_apply_without_restart(lab: Lab) -> None:
     assert front.registered("carol") == []
     assert register(port, "carol", "carol-password-1") == [401, 403]
     assert front.registered("bob")  # untouched
+    engine.dispose()

@@ -283,7 +283,7 @@ class Kamailio:
         with contextlib.suppress(FileNotFoundError):
             self.rpc_path.unlink()  # a socket left by a killed run would block the bind
         text = render_config(self.cfg, self.workers, self.run_dir)
-        self.refresh_credentials()
+        await asyncio.to_thread(self.refresh_credentials)  # a database query: off the loop
         _write_atomic(self.run_dir / DISPATCHER_FILE, render_dispatcher_list(self.workers))
         _write_atomic(self.config_path, text)
         await self._check_config(binary)

@@ -12,7 +12,7 @@ import secrets
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import SOFTPHONE_USERNAME, Collector, Softphone
@@ -121,12 +121,13 @@ def export_credentials(
     Softphones created under another realm cannot log in (their digest names the old realm);
     they are left out until `voice softphones passwd` gives them a new password.
     """
-    from accounts.db import create_schema, make_engine, make_sessions
+    from accounts.db import make_engine, make_sessions
 
     engine = make_engine(database_url, busy_timeout_ms)
     try:
-        create_schema(engine)
-        phones = Softphones(make_sessions(engine)).list()
+        # Read-only: a database without the table (never set up) simply has no softphones.
+        exists = inspect(engine).has_table(Softphone.__tablename__)
+        phones = Softphones(make_sessions(engine)).list() if exists else []
     finally:
         engine.dispose()
     return write_dbtext(phones, realm, folder)
