@@ -290,6 +290,26 @@ async def test_start_answers_options_and_stop_leaves_no_process(lab: Lab) -> Non
     assert processes_running(front.config_path) == []
 
 
+async def test_a_killed_kamailio_leaves_no_child_and_starts_again(lab: Lab) -> None:
+    w0 = worker("w0")
+    front = await lab.front([w0])
+    os.kill(front.pid or 0, signal.SIGKILL)  # main process only: its children live on
+    await wait_until(lambda: not front.alive, 5.0, "Kamailio seen dead")
+    assert processes_running(front.config_path)  # orphans still holding the SIP port
+    await front.stop()
+    assert processes_running(front.config_path) == []
+    await front.start()  # same port, same run folder
+    assert kam.sip_options("127.0.0.1", front.cfg.sip.port) == "SIP/2.0 200 OK"
+    # A supervisor that was itself killed: a new Kamailio object finds the old children by
+    # the pid file and ends them before binding the port.
+    os.kill(front.pid or 0, signal.SIGKILL)
+    again = Kamailio(front.cfg, [w0], front.run_dir)
+    lab.fronts.append(again)
+    await again.start()
+    # Everything running our config belongs to the new process group: no orphan survived.
+    assert set(processes_running(front.config_path)) == set(again._leftovers(again.pid or 0))
+
+
 async def test_start_failures_are_clear_errors_and_leave_nothing_running(lab: Lab) -> None:
     port = free_port()
     raw = {"sip": {"bind": "127.0.0.1", "port": port, "tcp": False}}

@@ -280,6 +280,10 @@ class Kamailio:
             raise KamailioError("Kamailio is already running")
         binary = resolve_binary(self.cfg.kamailio.binary)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        await self.stop()  # the remains of a run that died, if any
+        with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+            # Children of a Kamailio whose supervisor was killed still hold the port.
+            await self._kill_leftovers(int((self.run_dir / PID_FILE).read_text().split()[0]))
         with contextlib.suppress(FileNotFoundError):
             self.rpc_path.unlink()  # a socket left by a killed run would block the bind
         text = render_config(self.cfg, self.workers, self.run_dir)
@@ -342,7 +346,7 @@ class Kamailio:
         )
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (Kamailio stops its children), then SIGKILL to the whole process group."""
+        """SIGTERM (Kamailio stops its children), then SIGKILL; no child is left behind."""
         proc = self._proc
         if proc is None:
             return
@@ -354,9 +358,41 @@ class Kamailio:
             except TimeoutError:
                 log.warning("Kamailio %d ignored SIGTERM for %.1f s: killing it", proc.pid, timeout)
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    os.killpg(proc.pid, signal.SIGKILL)  # main still alive: the group is ours
                 await proc.wait()
+        # A main process that was killed (-9, OOM) leaves its children running, holding the
+        # SIP port: end them too.
+        await self._kill_leftovers(proc.pid)
         self._proc = None
+
+    def _leftovers(self, pgid: int) -> list[int]:
+        """Live processes of Kamailio's process group `pgid` running our config file."""
+        marker = str(self.config_path).encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            # /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may contain spaces.
+            fields = stat.rsplit(")", 1)[-1].split()
+            if len(fields) > 2 and int(fields[2]) == pgid and marker in cmdline:
+                found.append(int(entry.name))
+        return found
+
+    async def _kill_leftovers(self, pgid: int) -> None:
+        for _ in range(40):  # 2 s at most; a killed orphan is reaped by init at once
+            pids = self._leftovers(pgid)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.05)
+        log.error("Kamailio processes %s of group %d did not die", self._leftovers(pgid), pgid)
 
     def refresh_credentials(self) -> None:
         """Re-export softphone credentials from the database; applies without a restart.
