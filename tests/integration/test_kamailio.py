@@ -471,6 +471,44 @@ async def test_stranger_calling_an_external_number_is_refused_and_gateway_hears_
     assert uas.received("INVITE") == []
 
 
+def udp_request(port: int, text: str, source: str = STRANGER_IP) -> str | None:
+    """Send one hand-made request from `source`; the status line of the reply, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(1.0)
+        local = s.getsockname()[1]
+        s.sendto(text.replace("LOCAL", f"{source}:{local}").encode(), ("127.0.0.1", port))
+        try:
+            return s.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
+        except TimeoutError:
+            return None
+
+
+async def test_forged_in_dialog_invite_cannot_reach_the_gateway(lab: Lab) -> None:
+    w0, gw_port = worker("w0"), free_port()
+    gateway = await lab.sipp_uas(gw_port)
+    front = await lab.front([w0], gateway=f"127.0.0.1:{gw_port}")
+    port = front.cfg.sip.port
+    # A To-tag and a Route through Kamailio, as if a dialog existed, aimed at the gateway.
+    forged = (
+        f"INVITE sip:{EXTERNAL}@127.0.0.1:{gw_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP LOCAL;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+        f"Route: <sip:127.0.0.1:{port};lr>\r\n"
+        "From: <sip:mallory@127.0.0.3>;tag=f1\r\n"
+        f"To: <sip:{EXTERNAL}@127.0.0.1>;tag=t1\r\n"
+        f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 1 INVITE\r\nContact: <sip:mallory@LOCAL>\r\n"
+        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert udp_request(port, forged) == "SIP/2.0 403 Forbidden"
+    # Malformed (CSeq method differs from the request's) gets an error reply, not silence.
+    malformed = forged.replace("CSeq: 1 INVITE", "CSeq: 1 BYE").replace(";tag=t1", "")
+    reply = udp_request(port, malformed)
+    assert reply is not None and reply.startswith("SIP/2.0 400"), reply
+    await asyncio.sleep(0.3)
+    assert gateway.received("INVITE") == []
+    assert front.alive
+
+
 async def test_only_a_worker_reaches_the_gateway(lab: Lab) -> None:
     w0, gw_port = worker("w0"), free_port()
     gateway = await lab.sipp_uas(gw_port)

@@ -50,7 +50,7 @@ LOG_FILE = "kamailio.log"
 RPC_SOCKET = "rpc.sock"
 
 _WILDCARDS = ("", "0.0.0.0", "::")
-_SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@%=,-]+")  # quoted into the script: no quote, no $
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@%=, -]+")  # quoted into the script: no quote, no $
 
 
 class KamailioError(RuntimeError):
