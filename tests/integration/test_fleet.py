@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -395,3 +396,72 @@ def test_the_vosk_model_is_loaded_once_for_the_whole_fleet(tmp_path: Path) -> No
         assert memory["rss_kb"] > footprint, worker
         assert memory["uss_kb"] < footprint / 2, worker
     assert health["memory_total_pss_kb"] < footprint * 2, health["memory_total_pss_kb"]
+
+
+def start_baresip(folder: Path, user: str, password: str, registrar_port: int) -> subprocess.Popen:
+    """baresip-core headless: auto-answer, a tone as microphone, registered with `password`."""
+    from tests.integration.test_kamailio import write_tone
+
+    folder.mkdir()
+    tone = folder / "tone.wav"
+    write_tone(tone, seconds=60)  # aufile hangs up when its file ends
+    rtp = free_port_block(41)
+    lines = [
+        "poll_method epoll",
+        f"sip_listen 127.0.0.1:{free_port()}",
+        "net_interface 127.0.0.1",
+        "audio_player aubridge,nil",
+        f"audio_source aufile,{tone}",
+        "audio_alert aubridge,nil",
+        "module_path /usr/lib/baresip/modules",
+        "module g711.so",
+        "module aufile.so",
+        "module aubridge.so",
+        "module_app account.so",
+        f"rtp_ports {rtp}-{rtp + 40}",
+    ]
+    (folder / "config").write_text("\n".join(lines) + "\n")
+    (folder / "accounts").write_text(
+        f"<sip:{user}@127.0.0.1:{registrar_port}>;auth_pass={password};"
+        "answermode=auto;regint=60\n"
+    )
+    with (folder / "out.log").open("wb") as out:
+        return subprocess.Popen(
+            ["baresip", "-f", str(folder)], stdout=out, stderr=subprocess.STDOUT, cwd=folder
+        )
+
+
+def test_a_registered_softphone_is_reached_by_a_call_a_worker_places(
+    fleet: Server, tmp_path: Path
+) -> None:
+    if not shutil.which("baresip"):
+        pytest.fail("baresip (Debian baresip-core) is not installed: run `make test`")
+    env = {**os.environ, "VOICE_DATA_DIR": str(fleet.data_dir)}
+    if fleet.db_url.startswith("postgresql"):
+        env["VOICE_DATABASE_URL"] = fleet.db_url
+    user = f"collector{random.randrange(10**6)}"
+    added = subprocess.run(
+        [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml")]
+        + ["softphones", "add", user, "--password-stdin"],
+        input=b"correct-horse-1\n",
+        env=env,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr.decode()
+    phone = start_baresip(tmp_path / "baresip", user, "correct-horse-1", fleet.sip_port)
+    try:
+        log = tmp_path / "baresip" / "out.log"
+        assert wait_for(lambda: "200 OK" in log.read_text(errors="replace"), 10), log.read_text()
+        placed = voice_ctl(fleet, "dial", user)
+        call_id = placed["call_id"]
+        assert wait_for(lambda: "Call established" in log.read_text(errors="replace"), 10)
+        assert wait_for(lambda: answered_at(fleet, call_id) is not None)
+        voice_ctl(fleet, "hangup", str(call_id))
+    finally:
+        phone.terminate()
+        phone.wait(10)
+    with fleet.session() as session:
+        call = session.get(Call, call_id)
+        assert call is not None and (call.direction, call.callee) == ("outbound", user)
