@@ -30,15 +30,19 @@ from voice.fleet import WorkerSpec, worker_specs
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def _prctl(option: int, value: int | bytes) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the EOF on stdin still stops us
+        log.debug("prctl unavailable")
 
 
 def _die_with_parent(sig: int) -> None:
     """Linux: get `sig` when the parent process dies, so no process outlives its owner."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the EOF on stdin still stops us
-        log.debug("prctl unavailable")
+    _prctl(PR_SET_PDEATHSIG, sig)
 
 
 def _emit(**event: Any) -> None:
@@ -121,6 +125,7 @@ class Zygote:
             for sig in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             _die_with_parent(signal.SIGKILL)  # a worker without its zygote is unmanaged
+            _prctl(PR_SET_NAME, f"voice-{spec.name}".encode()[:15])  # `ps -o comm`, top
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(2, 1)  # stdout is the supervisor's event pipe: workers log to stderr
