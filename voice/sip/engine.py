@@ -6,8 +6,9 @@ DESIGN.md are handled here and only here:
 
 - null sound device, and `sndAutoCloseTime = -1` so conference slots of ended calls are freed;
 - the Python reference to a `Call` is dropped in `onCallState(DISCONNECTED)`;
-- each call's media port lives on for `PORT_GRACE` seconds after the call, then is released on
-  the owner thread;
+- a media port is never destroyed while the conference clock runs: a call's port rests for
+  `PORT_GRACE` seconds after the call, then serves a later call; at shutdown the clock is stopped
+  (`setNoDev`) before the ports are released;
 - callbacks catch and log everything;
 - calls above `max_calls` get 486 and bursts above `max_setups_per_second` get 503 before the
   ioqueue runs out of sockets;
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_TIME_MS = 5  # owner thread: longest wait in libHandleEvents before serving submitted work
-PORT_GRACE = 5.0  # seconds a media port outlives its call (the bridge may still call it)
+PORT_GRACE = 5.0  # seconds before a call's media port serves another call
 SHUTDOWN_GRACE = 3.0  # seconds to let BYEs go out before libDestroy
 
 
@@ -158,6 +159,7 @@ class SipEngine:
         self._calls: dict[int, _Call] = {}
         self._players: dict[int, PcmPlayer] = {}
         self._graveyard: list[tuple[float, PcmPlayer]] = []
+        self._spare_players: list[PcmPlayer] = []
         self._recent_setups: collections.deque[float] = collections.deque()
         self._keys = itertools.count(1)
         self.draining = False
@@ -341,7 +343,7 @@ class SipEngine:
             self._refuse(call, identity, prm, *refusal)
             return
         self._calls[key] = call
-        self._players[key] = PcmPlayer(f"play{key}")
+        self._players[key] = self._player(key)
         self.counters["calls_answered"] += 1
         self._post("incoming", identity)
         prm.statusCode = 200
@@ -355,12 +357,12 @@ class SipEngine:
         key = next(self._keys)
         call = _Call(self, self._account, pj.PJSUA_INVALID_ID, key)
         self._calls[key] = call
-        self._players[key] = PcmPlayer(f"play{key}")
+        self._players[key] = self._player(key)
         try:
             call.makeCall(uri, pj.CallOpParam(True))
         except pj.Error as exc:
             self._calls.pop(key, None)
-            self._players.pop(key, None)
+            self._spare_players.append(self._players.pop(key))
             raise CallRefused(400, describe(exc)) from None
         info = call.getInfo()
         self.counters["calls_placed"] += 1
@@ -387,6 +389,15 @@ class SipEngine:
         self._post("refused", identity, code, reason)
         call.answer(prm)
 
+    def _player(self, key: int) -> PcmPlayer:
+        # pjmedia 2.15 removes a conference port asynchronously: a port destroyed during a clock
+        # tick still gets that tick's put_frame, a Python upcall on the dying object (heap
+        # corruption; workers died of SIGSEGV under load). So ports are reused, never destroyed
+        # while the clock runs.
+        if self._spare_players:
+            return self._spare_players.pop()
+        return PcmPlayer(f"play{key}")
+
     def _connect_media(self, call: _Call, media: pj.AudioMedia) -> None:
         player = self._players.get(call.key)
         if player is not None:
@@ -402,7 +413,7 @@ class SipEngine:
 
     def _reap_ports(self, now: float) -> None:
         while self._graveyard and self._graveyard[0][0] <= now:
-            self._graveyard.pop(0)
+            self._spare_players.append(self._graveyard.pop(0)[1])
 
     def _shutdown(self) -> None:
         ep = self._ep
@@ -418,8 +429,13 @@ class SipEngine:
             while self._calls and time.monotonic() < deadline:
                 ep.libHandleEvents(20)
             self._calls.clear()
+            try:
+                ep.audDevManager().setNoDev()  # stop the conference clock before ports die
+            except pj.Error as exc:  # start-up failed before the media subsystem existed
+                log.debug("setNoDev at shutdown: %s", describe(exc))
             self._players.clear()
             self._graveyard.clear()
+            self._spare_players.clear()
             self._account = None
             gc.collect()
             ep.libDestroy()
