@@ -174,6 +174,42 @@ class Note(Base):
     body: Mapped[str] = mapped_column(Text)
 
 
+RECORDING_STATUSES = ("recording", "final", "interrupted", "deleted")
+RECORDING_KINDS = ("call", "voicemail")
+
+
+class Recording(Base):
+    """The audio of a call (or a voicemail) on disk.
+
+    `path` is relative to the recordings folder and built from ids only, never from caller
+    input. While the call runs the audio grows in a `.part` file; at the end it is finalised
+    into FLAC, its SHA-256 stored, and from then on it is immutable. A recording cut off by a
+    crash is repaired at start-up and marked `interrupted`. `pauses` are the PCI gaps
+    (silence in the file), in seconds from the start: [{"start": 12.0, "end": 40.5}, ...].
+    """
+
+    __tablename__ = "recordings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="call")
+    path: Mapped[str] = mapped_column(String(500))
+    format: Mapped[str] = mapped_column(String(8), default="flac")
+    sample_rate: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="recording")
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finalized_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    duration_s: Mapped[float | None] = mapped_column()
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    pauses: Mapped[list[dict[str, float]]] = mapped_column(JSON, default=list)
+    loss: Mapped[str | None] = mapped_column(Text)  # e.g. "disk full at 42.3 s: 12.0 s lost"
+    retain_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), index=True)
+    legal_hold: Mapped[bool] = mapped_column(default=False)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+
+
 SOFTPHONE_USERNAME = re.compile(r"[a-z0-9._-]{1,64}")
 
 
