@@ -178,6 +178,43 @@ class AccountsConfig:
 
 
 @dataclass(frozen=True)
+class RecordingsConfig:
+    dir: str = ""
+    retention_days: int = 1096
+    delete_batch: int = 100
+
+    def validate(self) -> None:
+        # 12 CFR 1006.100: keep records at least 3 years; 3 calendar years never exceed 1096 days.
+        _check_range("recordings.retention_days", self.retention_days, 1096, 36500)
+        _check_range("recordings.delete_batch", self.delete_batch, 1, 10000)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str = ""
+    secret: str = ""
+    timeout: float = 10.0
+    max_attempts: int = 12
+    backoff_initial: float = 30.0
+    backoff_max: float = 3600.0
+    poll_interval: float = 5.0
+    batch: int = 50
+
+    def validate(self) -> None:
+        if self.url:
+            if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", self.url):
+                raise ConfigError(f"webhook.url: expected an http(s):// URL, got {self.url!r}")
+            if not self.secret:
+                raise ConfigError("webhook.secret: required when webhook.url is set (HMAC signing)")
+        _check_range("webhook.timeout", self.timeout, 0.5, 300.0)
+        _check_range("webhook.max_attempts", self.max_attempts, 1, 100)
+        _check_range("webhook.backoff_initial", self.backoff_initial, 0.1, 86400.0)
+        _check_range("webhook.backoff_max", self.backoff_max, self.backoff_initial, 7 * 86400.0)
+        _check_range("webhook.poll_interval", self.poll_interval, 0.1, 3600.0)
+        _check_range("webhook.batch", self.batch, 1, 1000)
+
+
+@dataclass(frozen=True)
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -189,6 +226,8 @@ class Config:
     ivr: IvrConfig = field(default_factory=IvrConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
+    recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -197,6 +236,13 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'voice.db'}"
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Root of the recordings folder; every stored recording path is relative to it."""
+        if self.recordings.dir:
+            return Path(self.recordings.dir).expanduser().resolve()
+        return self.data_dir / "recordings"
 
     @property
     def prompts_dir(self) -> Path:
