@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_TIME_MS = 5  # owner thread: longest wait in libHandleEvents before serving submitted work
+RECORDER_GRACE = 0.5  # seconds between unplugging a recorder and closing its file
 PORT_GRACE = 5.0  # seconds before a call's media port serves another call
 SHUTDOWN_GRACE = 3.0  # seconds to let BYEs go out before libDestroy
 
@@ -72,6 +73,7 @@ class Events:
     def digit(self, key: int, digit: str) -> None: ...
     def disconnected(self, key: int, code: int, reason: str) -> None: ...
     def refused(self, identity: CallIdentity, code: int, reason: str) -> None: ...
+    def recording_closed(self, key: int) -> None: ...
 
 
 def describe(exc: BaseException) -> str:
@@ -160,6 +162,10 @@ class SipEngine:
         self._players: dict[int, PcmPlayer] = {}
         self._graveyard: list[tuple[float, PcmPlayer]] = []
         self._spare_players: list[PcmPlayer] = []
+        # Recordings are pjmedia's own WAV writer (C, no Python per frame), one per call.
+        self._recorders: dict[int, pj.AudioMediaRecorder] = {}
+        self._call_media: dict[int, pj.AudioMedia] = {}
+        self._closing: list[tuple[float, int, pj.AudioMediaRecorder]] = []
         self._recent_setups: collections.deque[float] = collections.deque()
         self._keys = itertools.count(1)
         self.draining = False
@@ -216,6 +222,18 @@ class SipEngine:
                 call.hangup(prm)
 
         await self.run(_hangup)
+
+    async def start_recording(self, key: int, path: str) -> bool:
+        """Record the call (both directions, mixed) into the WAV file `path` as it happens.
+
+        The file grows in 4 KB steps while the call runs; after the call ends the engine closes
+        it and reports `recording_closed(key)`. False if the call is already gone.
+        """
+        return await self.run(lambda: self._start_recording(key, path))
+
+    async def pause_recording(self, key: int, paused: bool) -> bool:
+        """PCI pause: silence goes to the file while paused; False if not recording."""
+        return await self.run(lambda: self._pause_recording(key, paused))
 
     async def dial(self, uri: str) -> CallIdentity:
         """Place a call to `uri`; events then arrive as for an answered incoming call.
@@ -399,12 +417,24 @@ class SipEngine:
         return PcmPlayer(f"play{key}")
 
     def _connect_media(self, call: _Call, media: pj.AudioMedia) -> None:
+        self._call_media[call.key] = media
         player = self._players.get(call.key)
         if player is not None:
             player.startTransmit(media)
+        recorder = self._recorders.get(call.key)
+        if recorder is not None:
+            media.startTransmit(recorder)
 
     def _gone(self, call: _Call, code: int, reason: str) -> None:
         self._calls.pop(call.key, None)
+        self._call_media.pop(call.key, None)
+        recorder = self._recorders.pop(call.key, None)
+        if recorder is not None:
+            player = self._players.get(call.key)
+            if player is not None:
+                player.stopTransmit(recorder)
+            # Destroyed only once the bridge has stopped feeding it (see _reap_ports).
+            self._closing.append((time.monotonic() + RECORDER_GRACE, call.key, recorder))
         player = self._players.pop(call.key, None)
         if player is not None:
             player.stop()
@@ -414,6 +444,33 @@ class SipEngine:
     def _reap_ports(self, now: float) -> None:
         while self._graveyard and self._graveyard[0][0] <= now:
             self._spare_players.append(self._graveyard.pop(0)[1])
+        while self._closing and self._closing[0][0] <= now:
+            _, key, recorder = self._closing.pop(0)
+            del recorder  # pjsua_recorder_destroy: the WAV header is written, the file closed
+            self._post("recording_closed", key)
+
+    def _start_recording(self, key: int, path: str) -> bool:
+        if key not in self._calls or key in self._recorders:
+            return False
+        recorder = pj.AudioMediaRecorder()
+        recorder.createRecorder(path)
+        self._recorders[key] = recorder
+        player = self._players.get(key)
+        if player is not None:
+            player.startTransmit(recorder)  # what the caller hears from us
+        media = self._call_media.get(key)
+        if media is not None:
+            media.startTransmit(recorder)  # what the caller says
+        self.counters["recordings_started"] += 1
+        return True
+
+    def _pause_recording(self, key: int, paused: bool) -> bool:
+        recorder = self._recorders.get(key)
+        if recorder is None:
+            return False
+        # Level 0 writes silence: the file keeps the call's timeline, the gap holds nothing.
+        recorder.adjustRxLevel(0.0 if paused else 1.0)
+        return True
 
     def _shutdown(self) -> None:
         ep = self._ep
@@ -436,6 +493,9 @@ class SipEngine:
             self._players.clear()
             self._graveyard.clear()
             self._spare_players.clear()
+            self._call_media.clear()
+            self._recorders.clear()
+            self._closing.clear()
             self._account = None
             gc.collect()
             ep.libDestroy()
