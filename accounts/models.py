@@ -22,6 +22,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
+    insert,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
@@ -236,3 +238,53 @@ class Softphone(Base):
         if not SOFTPHONE_USERNAME.fullmatch(value):
             raise ValueError(f"softphone username {value!r}: use 1-64 of a-z 0-9 . _ -")
         return value
+
+
+class Transcript(Base):
+    """What was said on a call, one row per utterance (filled by the speech issue).
+
+    `text` is what recording search matches words against; `words` keeps the recogniser's
+    timings: [{"word": "balance", "start": 1.2, "end": 1.6, "conf": 0.93}, ...].
+    """
+
+    __tablename__ = "transcripts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), index=True)
+    recording_id: Mapped[int | None] = mapped_column(ForeignKey("recordings.id"))
+    speaker: Mapped[str] = mapped_column(String(32))  # "caller", "agent", "ivr", ...
+    text: Mapped[str] = mapped_column(Text)
+    words: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class WebhookOutbox(Base):
+    """One pending (or finished) webhook delivery; survives restarts (accounts/webhook.py).
+
+    A row is added in the same transaction as the note it announces, so a note is never
+    committed without its delivery queued. Delivered: `delivered_at`; given up after
+    `webhook.max_attempts`: `failed_at`; otherwise due at `next_attempt_at`.
+    """
+
+    __tablename__ = "webhook_outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event: Mapped[str] = mapped_column(String(32))  # "note.created"
+    note_id: Mapped[int | None] = mapped_column(ForeignKey("notes.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), index=True)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    failed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+@event.listens_for(Note, "after_insert")
+def _queue_note_webhook(_mapper: Any, connection: Any, note: Note) -> None:
+    # Same connection, same transaction as the note (ORM inserts; a bulk insert() skips this).
+    now = utcnow()
+    connection.execute(
+        insert(WebhookOutbox).values(
+            event="note.created", note_id=note.id, created_at=now, attempts=0, next_attempt_at=now
+        )
+    )
