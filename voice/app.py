@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -9,10 +11,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from accounts.db import make_engine, make_sessions
+from voice.api import api_mount
+
 
 def build_app(supervisor: Any) -> Starlette:
+    """`supervisor` needs `.cfg` and `async health()`; the schema must exist already."""
+
     async def healthz(request: Request) -> JSONResponse:
         health = await supervisor.health()
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz)])
+    cfg = supervisor.cfg
+    engine = make_engine(cfg.database_url, cfg.database.busy_timeout_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    routes = [Route("/healthz", healthz), api_mount(make_sessions(engine))]
+    return Starlette(routes=routes, lifespan=lifespan)

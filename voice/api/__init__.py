@@ -1,0 +1,35 @@
+"""The HTTP API under /api: bearer tokens, roles, the audit log and the notes store.
+
+`api_mount(sessions)` is what `voice/app.py` mounts; `build_api(sessions)` is the API alone
+(tests, tools), no supervisor needed. A package adds endpoints by appending its routes to
+`ROUTES` (relative to /api), each endpoint declared with `@requires(...)` or `@public`, plus
+one line in the role matrix (tests/unit/test_api_roles.py).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Mount
+
+from voice.api import audit, notes, openapi
+from voice.api.auth import json_error
+from voice.api.openapi import API_PREFIX
+
+ROUTES: list[BaseRoute] = [*notes.ROUTES, *audit.ROUTES, *openapi.ROUTES]
+
+
+def api_app(sessions: sessionmaker[Session]) -> Starlette:
+    app = Starlette(routes=ROUTES, exception_handlers={HTTPException: json_error})
+    app.state.sessions = sessions
+    return app
+
+
+def api_mount(sessions: sessionmaker[Session]) -> Mount:
+    return Mount(API_PREFIX, app=api_app(sessions))
+
+
+def build_api(sessions: sessionmaker[Session]) -> Starlette:
+    """The API alone, at /api, over an existing database (its schema already created)."""
+    return Starlette(routes=[api_mount(sessions)])

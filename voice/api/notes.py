@@ -1,0 +1,239 @@
+"""The notes store over HTTP: read an account's notes, read one, add a manual note.
+
+Collectors reach only the accounts assigned to them; anything else is 404, as if it did not
+exist. Compliance reads but never writes. Every read and write, and every refusal, is a row
+in the audit log, committed with the access itself: if it cannot be written, the access fails.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from accounts import audit
+from accounts.models import Account, Note
+from accounts.users import Principal
+from voice.api.auth import client_addr, deny, requires, sees_account, sessions_of
+from voice.api.openapi import documented, error_responses, query_param
+from voice.api.params import account_number, int_id, int_query, query, read_json
+
+READERS = ("collector", "supervisor", "compliance", "admin")
+WRITERS = ("collector", "supervisor", "admin")
+MAX_BODY = 10_000  # characters
+MAX_PAGE = 1000
+# Tab and newlines are text; other control characters (NUL above all: PostgreSQL refuses it
+# in text) are not.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+_NOTE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "account": {"type": "string"},
+        "call_id": {"type": ["integer", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "author": {"type": "string"},
+        "kind": {"type": "string", "description": "manual, or call (written by the IVR)"},
+        "body": {"type": "string"},
+    },
+}
+
+
+def note_dict(note: Note, account: str) -> dict[str, Any]:
+    return {
+        "id": note.id,
+        "account": account,
+        "call_id": note.call_id,
+        "created_at": note.created_at.isoformat(),
+        "author": note.author,
+        "kind": note.kind,
+        "body": note.body,
+    }
+
+
+def visible_account(
+    session: Session, user: Principal, addr: str | None, number: str
+) -> Account | None:
+    """The account if `user` may see it; otherwise the refusal is recorded and None returned."""
+    account = session.scalar(select(Account).where(Account.number == number))
+    if account is None:
+        deny(session, user, addr, "account", number, "no such account")
+        return None
+    if not sees_account(user, account.collector_id):
+        deny(session, user, addr, "account", number, "account not assigned to this collector")
+        return None
+    return account
+
+
+@requires(*READERS)
+@documented(
+    parameters=[
+        query_param("limit", "at most this many notes (default 100)", {"type": "integer"}),
+        query_param("before", "only notes with a smaller id (next page)", {"type": "integer"}),
+    ],
+    responses={
+        "200": {"description": "newest first; `next_before` pages on (null: no more)"},
+        **error_responses("404", "422"),
+    },
+)
+async def list_notes(request: Request, user: Principal) -> Response:
+    """The notes on an account, newest first.
+
+    Collectors: only accounts assigned to them (404 otherwise)."""
+    number = account_number(request)
+    params = query(request, ("limit", "before"))
+    limit = int_query(params, "limit", 100, 1, MAX_PAGE)
+    before = int_query(params, "before", None, 1, 2**63 - 1)
+    args = (sessions_of(request), user, client_addr(request), number, limit, before)
+    notes = await run_in_threadpool(_list, *args)
+    if notes is None:
+        raise HTTPException(404, f"no account {number}")
+    next_before = notes[-1]["id"] if len(notes) == limit else None
+    return JSONResponse({"account": number, "notes": notes, "next_before": next_before})
+
+
+def _list(
+    sessions: sessionmaker[Session],
+    user: Principal,
+    addr: str | None,
+    number: str,
+    limit: int,
+    before: int | None,
+) -> list[dict[str, Any]] | None:
+    with sessions.begin() as session:
+        account = visible_account(session, user, addr, number)
+        if account is None:
+            return None
+        stmt = select(Note).where(Note.account_id == account.id).order_by(Note.id.desc())
+        if before is not None:
+            stmt = stmt.where(Note.id < before)
+        notes = [note_dict(n, number) for n in session.scalars(stmt.limit(limit))]
+        detail = {"count": len(notes), "ids": [n["id"] for n in notes]}
+        audit.record(session, user, addr, "notes.list", "account", number, detail)
+    return notes
+
+
+@requires(*READERS)
+@documented(
+    parameters=[{"name": "note_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+    responses={
+        "200": {
+            "description": "the note",
+            "content": {"application/json": {"schema": _NOTE_SCHEMA}},
+        },
+        **error_responses("404"),
+    },
+)
+async def get_note(request: Request, user: Principal) -> Response:
+    """One note.
+
+    Collectors: only notes on accounts assigned to them (404 otherwise)."""
+    note_id = int_id(request, "note_id")
+    args = (sessions_of(request), user, client_addr(request), note_id)
+    note = await run_in_threadpool(_get, *args)
+    if note is None:
+        raise HTTPException(404, f"no note {note_id}")
+    return JSONResponse(note)
+
+
+def _get(
+    sessions: sessionmaker[Session], user: Principal, addr: str | None, note_id: int
+) -> dict[str, Any] | None:
+    stmt = (
+        select(Note, Account.number, Account.collector_id)
+        .join(Account, Account.id == Note.account_id)
+        .where(Note.id == note_id)
+    )
+    with sessions.begin() as session:
+        row = session.execute(stmt).first()
+        if row is None:
+            deny(session, user, addr, "note", note_id, "no such note")
+            return None
+        note, number, collector_id = row
+        if not sees_account(user, collector_id):
+            reason = "note on an account not assigned to this collector"
+            deny(session, user, addr, "note", note_id, reason)
+            return None
+        audit.record(session, user, addr, "note.read", "note", note_id, {"account": number})
+        return note_dict(note, number)
+
+
+@requires(*WRITERS)
+@documented(
+    requestBody={
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["body"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "body": {"type": "string", "minLength": 1, "maxLength": MAX_BODY}
+                    },
+                }
+            }
+        },
+    },
+    responses={
+        "201": {
+            "description": "the new note (its URL in Location)",
+            "content": {"application/json": {"schema": _NOTE_SCHEMA}},
+        },
+        **error_responses("404", "422"),
+    },
+)
+async def add_note(request: Request, user: Principal) -> Response:
+    """Add a manual note to an account, written by the caller.
+
+    Collectors: only accounts assigned to them (404 otherwise). Compliance cannot write."""
+    number = account_number(request)
+    body = _note_body(await read_json(request))
+    args = (sessions_of(request), user, client_addr(request), number, body)
+    note = await run_in_threadpool(_add, *args)
+    if note is None:
+        raise HTTPException(404, f"no account {number}")
+    return JSONResponse(note, status_code=201, headers={"Location": f"/api/notes/{note['id']}"})
+
+
+def _note_body(data: dict[str, Any]) -> str:
+    if set(data) != {"body"}:
+        raise HTTPException(422, 'expected exactly {"body": "..."}')
+    body = data["body"]
+    if not isinstance(body, str) or not body.strip():
+        raise HTTPException(422, "body must be non-empty text")
+    if len(body) > MAX_BODY:
+        raise HTTPException(422, f"body longer than {MAX_BODY} characters")
+    if _CONTROL.search(body):
+        raise HTTPException(422, "body contains control characters")
+    return body
+
+
+def _add(
+    sessions: sessionmaker[Session], user: Principal, addr: str | None, number: str, body: str
+) -> dict[str, Any] | None:
+    with sessions.begin() as session:
+        account = visible_account(session, user, addr, number)
+        if account is None:
+            return None
+        note = Note(account_id=account.id, author=user.name, kind="manual", body=body)
+        session.add(note)
+        session.flush()
+        detail = {"account": number, "chars": len(body)}
+        audit.record(session, user, addr, "note.create", "note", note.id, detail)
+        return note_dict(note, number)
+
+
+ROUTES = [
+    Route("/accounts/{number}/notes", list_notes, methods=["GET"]),
+    Route("/accounts/{number}/notes", add_note, methods=["POST"]),
+    Route("/notes/{note_id}", get_note, methods=["GET"]),
+]
