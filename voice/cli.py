@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from accounts.models import Softphone
+    from accounts.users import Users
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("file", type=Path)
     sub.add_parser("init-db", help="create the database schema (and demo data if configured)")
     _add_softphones_parser(sub)
+    _add_users_parser(sub)
     for p in (serve, worker, zygote, ctl, imp, sub.choices["init-db"]):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return _import(cfg, args.kind, args.file)
     if args.command == "softphones":
         return _softphones(cfg, args)
+    if args.command == "users":
+        return _users(cfg, args)
     return _init_db(cfg)
 
 
@@ -244,3 +248,61 @@ def _apply_softphones(cfg: config_mod.Config) -> None:
         print(f"voice: not applied to the running SIP front ({exc}); restart it", file=sys.stderr)
         return
     print(f"voice: credentials exported to {run_dir} (Kamailio reloads them, no restart)")
+
+
+def _add_users_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    users = sub.add_parser("users", help="API users and their tokens: add, list, token, disable")
+    ops = users.add_subparsers(dest="op", required=True)
+    add = ops.add_parser("add", help="create a user; prints its API token once")
+    add.add_argument("name", help="user name: 1-64 of a-z 0-9 . _ -")
+    add.add_argument("--role", required=True, help="collector, supervisor, compliance or admin")
+    add.add_argument("--collector", help="collector users: the collector's name")
+    token = ops.add_parser("token", help="issue a new token; the old one stops working")
+    disable = ops.add_parser("disable", help="refuse the user from now on (token revoked)")
+    enable = ops.add_parser("enable", help="let a disabled user back in; prints a new token")
+    for p in (token, disable, enable):
+        p.add_argument("name")
+    listing = ops.add_parser("list", help="show the users (never a token)")
+    for p in (add, token, disable, enable, listing):
+        p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+
+
+def _users(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from accounts.users import UserError, Users
+
+    users = Users(_sessions(cfg))
+    try:
+        if args.op == "list":
+            return _list_users(users)
+        if args.op == "disable":
+            users.disable(args.name)
+            print(f"voice: user {args.name} disabled; its token no longer works")
+            return 0
+        if args.op == "add":
+            user, token = users.add(args.name, args.role, args.collector)
+            linked = f", collector {user.collector.name}" if user.collector else ""
+            print(f"voice: user {user.name} added (role {user.role}{linked})")
+        elif args.op == "token":
+            token = users.rotate_token(args.name)
+            print(f"voice: user {args.name} has a new token; the old one no longer works")
+        else:
+            token = users.enable(args.name)
+            print(f"voice: user {args.name} enabled with a new token")
+    except UserError as exc:
+        print(f"voice: {exc}", file=sys.stderr)
+        return 1
+    print(f"token: {token}  (shown once; only its hash is stored)")
+    return 0
+
+
+def _list_users(users: Users) -> int:
+    found = users.list()
+    if not found:
+        print("voice: no users")
+        return 0
+    for user in found:
+        collector = user.collector.name if user.collector else "-"
+        state = "active" if user.active else "disabled"
+        since = f"{user.created_at:%Y-%m-%d %H:%M} UTC"
+        print(f"{user.name:<24} {user.role:<11} {collector:<24} {state:<8} since {since}")
+    return 0
