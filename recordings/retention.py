@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,9 +123,15 @@ class Retention:
         result.deleted.append(rid)
         _prune_empty_dirs(path.parent, self._root.resolve())
 
-    def set_hold(self, recording_id: int, held: bool) -> bool:
+    def set_hold(
+        self,
+        recording_id: int,
+        held: bool,
+        also: Callable[[Session, bool], None] | None = None,
+    ) -> bool:
         """Place (True) or lift (False) a legal hold; False if it was already so.
 
+        `also(session, changed)` runs in the same transaction (an audit row: both or neither).
         Holding a recording whose audio is already deleted raises RecordingDeleted.
         """
         guard = [Recording.id == recording_id, Recording.legal_hold.is_(not held)]
@@ -138,20 +145,22 @@ class Retention:
                 .values(legal_hold=held)
                 .execution_options(synchronize_session=False)
             )
-            if changed.rowcount == 1:
-                return True
-            row = session.execute(
-                select(Recording.legal_hold, Recording.deleted_at).where(
-                    Recording.id == recording_id
-                )
-            ).first()
-        if row is None:
-            raise RecordingNotFound(f"no recording {recording_id}")
-        if held and row.deleted_at is not None and not row.legal_hold:
-            raise RecordingDeleted(
-                f"recording {recording_id} was deleted at {row.deleted_at:%Y-%m-%d %H:%M} UTC"
-            )
-        return False
+            if changed.rowcount != 1:
+                row = session.execute(
+                    select(Recording.legal_hold, Recording.deleted_at).where(
+                        Recording.id == recording_id
+                    )
+                ).first()
+                if row is None:
+                    raise RecordingNotFound(f"no recording {recording_id}")
+                if held and row.deleted_at is not None and not row.legal_hold:
+                    raise RecordingDeleted(
+                        f"recording {recording_id} was deleted at "
+                        f"{row.deleted_at:%Y-%m-%d %H:%M} UTC"
+                    )
+            if also is not None:
+                also(session, changed.rowcount == 1)
+            return changed.rowcount == 1
 
 
 def _prune_empty_dirs(folder: Path, root: Path) -> None:

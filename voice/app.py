@@ -32,5 +32,5 @@ def build_app(supervisor: Any) -> Starlette:
         finally:
             engine.dispose()
 
-    routes = [Route("/healthz", healthz), api_mount(make_sessions(engine))]
+    routes = [Route("/healthz", healthz), api_mount(make_sessions(engine), cfg)]
     return Starlette(routes=routes, lifespan=lifespan)

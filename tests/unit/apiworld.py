@@ -3,7 +3,8 @@
 Dana Whitfield's collector user `dana` owns account 10042 ("own" targets); account 20001
 belongs to Marcus Lee ("other" targets); 30003 has no collector. `World.targets` maps each
 path parameter name to its own/other value; an endpoint with a new path parameter (say
-`{recording_id}`) adds a row for it in `make_world`.
+`{recording_id}`) adds a row for it in `make_world`. With `recordings_root`, each side also
+has a final recording (a real FLAC there): `recording_id`.
 
 Requests go through httpx's ASGI transport (starlette's TestClient warns with httpx), one
 event loop per request, so tests stay plain functions.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,9 +24,12 @@ from starlette.types import ASGIApp
 
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.demo import load_demo_if_empty
-from accounts.models import Account, AuditEntry, Note
+from accounts.models import Account, AuditEntry, Call, Note, Recording
 from accounts.users import Users, generate_token
+from recordings.paths import relative_path
+from tests.unit.recdata import write_flac
 from voice.api import build_api
+from voice.config import from_mapping
 
 CLIENT = "127.0.0.1"  # httpx's ASGI transport presents requests as from here
 
@@ -71,7 +76,30 @@ def add_note(sessions: sessionmaker[Session], number: str, body: str) -> int:
         return note.id
 
 
-def make_world(database_url: str) -> World:
+def add_recording(sessions: sessionmaker[Session], root: Path, number: str) -> int:
+    """A finished call on account `number` with a final recording: a real FLAC under `root`."""
+    with sessions.begin() as session:
+        account_id = session.scalar(select(Account.id).where(Account.number == number))
+        call = Call(
+            direction="inbound",
+            caller="+12125550101",
+            callee="ivr",
+            account_id=account_id,
+            worker="w0",
+            sip_call_id=f"rec-{number}",
+            status="completed",
+        )
+        session.add(call)
+        session.flush()
+        rec = Recording(call_id=call.id, path="pending", sample_rate=16000, status="final")
+        session.add(rec)
+        session.flush()
+        rec.path = relative_path(call.id, rec.id, rec.started_at, "flac")
+        rec.sha256, rec.bytes = write_flac(root / rec.path)
+        return rec.id
+
+
+def make_world(database_url: str, recordings_root: Path | None = None) -> World:
     engine = make_engine(database_url)
     create_schema(engine)
     sessions = make_sessions(engine)
@@ -93,4 +121,9 @@ def make_world(database_url: str) -> World:
         "own": {"number": "10042", "note_id": str(add_note(sessions, "10042", "own note"))},
         "other": {"number": "20001", "note_id": str(add_note(sessions, "20001", "other note"))},
     }
-    return World(engine, sessions, build_api(sessions), tokens, names, targets)
+    cfg = None
+    if recordings_root is not None:
+        cfg = from_mapping({"recordings": {"dir": str(recordings_root)}}, {})
+        for side, number in (("own", "10042"), ("other", "20001")):
+            targets[side]["recording_id"] = str(add_recording(sessions, recordings_root, number))
+    return World(engine, sessions, build_api(sessions, cfg), tokens, names, targets)

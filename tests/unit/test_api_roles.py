@@ -31,6 +31,8 @@ from voice.api.auth import DENIED, roles_of
 from voice.api.openapi import API_PREFIX
 
 ANY_ROLE = USER_ROLES
+KEEPERS = ("compliance", "admin")  # recordings: integrity checks and legal holds
+HOLD = {"reason": "Litigation hold, matter 2026-17"}
 CALLERS = (
     "anonymous",  # no Authorization header
     "bad_token",  # a well-formed token nobody holds
@@ -71,6 +73,14 @@ ENDPOINTS = [
         json={"body": "Promised to pay on Friday."},
     ),
     Endpoint("GET", "/api/audit", ("compliance", "admin"), "audit.read"),
+    Endpoint("GET", "/api/recordings", ANY_ROLE, "recordings.search"),
+    Endpoint("GET", "/api/recordings/{recording_id}", ANY_ROLE, "recording.read", scoped=True),
+    Endpoint(
+        "GET", "/api/recordings/{recording_id}/audio", ANY_ROLE, "recording.play", scoped=True
+    ),
+    Endpoint("POST", "/api/recordings/{recording_id}/verify", KEEPERS, "recording.verify"),
+    Endpoint("PUT", "/api/recordings/{recording_id}/hold", KEEPERS, "recording.hold", json=HOLD),
+    Endpoint("DELETE", "/api/recordings/{recording_id}/hold", KEEPERS, "recording.release"),
     Endpoint("GET", "/api/openapi.json", (), None, public=True),
 ]
 
@@ -92,7 +102,7 @@ def expected_status(ep: Endpoint, caller: str) -> int:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # SQLite only: the storage rules themselves run on both backends in test_api_notes.py.
     path: Path = tmp_path_factory.mktemp("roles") / "voice.db"
-    w = make_world(f"sqlite:///{path}")
+    w = make_world(f"sqlite:///{path}", path.parent / "recordings")
     yield w
     w.engine.dispose()
 

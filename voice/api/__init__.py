@@ -13,23 +13,30 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from voice.api import audit, notes, openapi
+from voice.api import audit, notes, openapi, recordings
 from voice.api.auth import json_error
 from voice.api.openapi import API_PREFIX
+from voice.config import Config
 
-ROUTES: list[BaseRoute] = [*notes.ROUTES, *audit.ROUTES, *openapi.ROUTES]
+ROUTES: list[BaseRoute] = [
+    *notes.ROUTES,
+    *audit.ROUTES,
+    *recordings.ROUTES,
+    *openapi.ROUTES,
+]
 
 
-def api_app(sessions: sessionmaker[Session]) -> Starlette:
+def api_app(sessions: sessionmaker[Session], cfg: Config | None = None) -> Starlette:
     app = Starlette(routes=ROUTES, exception_handlers={HTTPException: json_error})
     app.state.sessions = sessions
+    app.state.cfg = cfg  # None: built-in defaults (e.g. the recordings folder)
     return app
 
 
-def api_mount(sessions: sessionmaker[Session]) -> Mount:
-    return Mount(API_PREFIX, app=api_app(sessions))
+def api_mount(sessions: sessionmaker[Session], cfg: Config | None = None) -> Mount:
+    return Mount(API_PREFIX, app=api_app(sessions, cfg))
 
 
-def build_api(sessions: sessionmaker[Session]) -> Starlette:
+def build_api(sessions: sessionmaker[Session], cfg: Config | None = None) -> Starlette:
     """The API alone, at /api, over an existing database (its schema already created)."""
-    return Starlette(routes=[api_mount(sessions)])
+    return Starlette(routes=[api_mount(sessions, cfg)])
