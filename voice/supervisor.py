@@ -28,6 +28,7 @@ import uvicorn
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.demo import load_demo_if_empty
 from accounts.services import CallJournal
+from recordings.book import RecordingBook
 from voice import control, procinfo
 from voice.app import build_app
 from voice.config import Config
@@ -64,6 +65,7 @@ class Supervisor:
         self._zygote: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
         self._journal: CallJournal | None = None
+        self._book: RecordingBook | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._control = control.ControlServer(
             run_dir(cfg) / "supervisor.sock",
@@ -84,6 +86,9 @@ class Supervisor:
         for name in self.workers:
             if closed := self._journal.interrupt_calls(name, "server stopped during the call"):
                 log.warning("closed %d call(s) %s left in progress", len(closed), name)
+        self._book = RecordingBook(sessions, self.cfg)
+        if repaired := self._book.repair_orphans():
+            log.warning("repaired %d recording(s) cut off by a crash", len(repaired))
         clips = ClipLibrary(
             self.cfg.tts,
             self.cfg.data_dir / "cache" / "tts",
@@ -222,6 +227,9 @@ class Supervisor:
         )
         if closed:
             log.warning("worker %s: %d call(s) marked interrupted", worker.spec.name, len(closed))
+            assert self._book is not None
+            repaired = await asyncio.to_thread(self._book.repair_calls, closed)
+            log.warning("worker %s: %d recording(s) repaired", worker.spec.name, len(repaired))
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -282,6 +290,7 @@ class Supervisor:
                     "calls": answer["calls"] if ready else None,
                     "max_calls": worker.spec.sip.max_calls,
                     "draining": answer["draining"] if ready else None,
+                    "counters": answer["counters"] if ready else None,
                     "memory_kb": use.as_dict() if use else None,
                 }
             )

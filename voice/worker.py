@@ -7,17 +7,22 @@ Database work runs in threads (`asyncio.to_thread`); pjsua2 work runs on the eng
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import os
 import re
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from accounts.db import make_engine, make_sessions
 from accounts.services import CallJournal, Ledger
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
+from recordings.book import RecordingBook
 from voice.config import Config
 from voice.control import ControlServer
 from voice.fleet import WorkerSpec
@@ -81,6 +86,14 @@ class CallLog:
         )
 
 
+@dataclass
+class ActiveRecording:
+    recording_id: int
+    wav: Path
+    started: float  # monotonic
+    ended: float | None = None
+
+
 class Worker(Events):
     def __init__(self, cfg: Config, spec: WorkerSpec) -> None:
         self.cfg = cfg
@@ -96,10 +109,18 @@ class Worker(Events):
         self.call_ids: dict[int, int] = {}  # engine key -> calls.id, once the call is journaled
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.engine: SipEngine | None = None
+        self.metrics: collections.Counter[str] = collections.Counter()
         self._watchers: set[asyncio.Task[None]] = set()
+        self.book = RecordingBook(sessions, cfg)
+        self.recordings: dict[int, ActiveRecording] = {}  # engine key -> its recording
         self.control = ControlServer(
             spec.control_path,
-            {"health": self.health, "hangup": self.hangup, "dial": self.dial},
+            {
+                "health": self.health,
+                "hangup": self.hangup,
+                "dial": self.dial,
+                "pause_recording": self.pause_recording,
+            },
         )
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -126,6 +147,7 @@ class Worker(Events):
         finally:
             await self.control.close()
             await asyncio.to_thread(self.engine.stop)
+            await self._close_remaining_recordings()
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls, let calls in progress finish, then end what is left."""
@@ -153,7 +175,7 @@ class Worker(Events):
             "calls": len(self.calls),
             "max_calls": self.spec.sip.max_calls,
             "draining": self.engine.draining,
-            "counters": dict(self.engine.counters),
+            "counters": {**self.engine.counters, **self.metrics},
             "call_ids": sorted(self.call_ids.values()),
         }
 
@@ -212,6 +234,12 @@ class Worker(Events):
     def disconnected(self, key: int, code: int, reason: str) -> None:
         if call := self.calls.pop(key, None):
             call.on_disconnected(code, reason)
+        if rec := self.recordings.get(key):
+            rec.ended = time.monotonic()
+
+    def recording_closed(self, key: int) -> None:
+        if rec := self.recordings.pop(key, None):
+            self._background(self._close_recording(rec))
 
     def refused(self, identity: CallIdentity, code: int, reason: str) -> None:
         log.warning(
@@ -237,9 +265,8 @@ class Worker(Events):
             if not outbound:
                 await asyncio.to_thread(self.journal.answered, call_id)
             else:
-                watcher = asyncio.create_task(self._note_answer(call, call_id))
-                self._watchers.add(watcher)
-                watcher.add_done_callback(self._watchers.discard)
+                self._background(self._note_answer(call, call_id))
+            await self._start_recording(call, call_id)
             flow = InboundFlow(
                 call,
                 self.ledger,
@@ -251,6 +278,61 @@ class Worker(Events):
         except Exception:
             log.exception("call %s failed", call.identity.sip_call_id)
             await call.hangup()
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    # -- recordings ---------------------------------------------------------------------------
+
+    async def _start_recording(self, call: SipCall, call_id: int) -> None:
+        assert self.engine is not None
+        try:
+            recording_id, wav = await asyncio.to_thread(self.book.open, call_id)
+        except Exception:
+            # No recording must not mean no call: the note will say it was not recorded.
+            log.exception("call %d: recording could not be opened", call_id)
+            return
+        rec = ActiveRecording(recording_id, wav, time.monotonic())
+        self.recordings[call.identity.key] = rec
+        if not await self.engine.start_recording(call.identity.key, str(wav)):
+            self.recordings.pop(call.identity.key, None)  # the call ended first
+            await asyncio.to_thread(self.book.close, recording_id)
+
+    async def _close_recording(self, rec: ActiveRecording, interrupted: bool = False) -> None:
+        seconds = (rec.ended or time.monotonic()) - rec.started
+        try:
+            closed = await asyncio.to_thread(
+                self.book.close, rec.recording_id, interrupted=interrupted, call_seconds=seconds
+            )
+        except Exception:
+            log.exception("recording %d could not be finalised", rec.recording_id)
+            self.metrics["recordings_failed_total"] += 1
+            return
+        self.metrics["recordings_total"] += 1
+        if closed.loss:
+            self.metrics["recordings_incomplete_total"] += 1
+            log.error("recording %d incomplete: %s", rec.recording_id, closed.loss)
+
+    async def _close_remaining_recordings(self) -> None:
+        """After the engine stopped, every WAV is closed: finalise what no event reported."""
+        if self._watchers:
+            await asyncio.wait(set(self._watchers), timeout=30)
+        for key in list(self.recordings):
+            await self._close_recording(self.recordings.pop(key))
+
+    async def pause_recording(self, call_id: int, paused: bool) -> dict[str, Any]:
+        """PCI: silence into the recording while card details are given, and mark the gap."""
+        assert self.engine is not None
+        for key, known in self.call_ids.items():
+            if known == call_id and (rec := self.recordings.get(key)):
+                if not await self.engine.pause_recording(key, bool(paused)):
+                    break
+                at = round(time.monotonic() - rec.started, 2)
+                await asyncio.to_thread(self.book.mark_pause, rec.recording_id, at, bool(paused))
+                return {"call_id": call_id, "paused": bool(paused), "at_s": at}
+        raise LookupError(f"no recording in progress for call {call_id} on {self.name}")
 
     async def _note_answer(self, call: SipCall, call_id: int) -> None:
         if await call.wait_answered():

@@ -5,7 +5,8 @@ step script on each, records what it hears to WAV, and prints one JSON object pe
 
 Steps (`;`-separated): `wait:SECONDS`, `audio[:TIMEOUT]` (until sound is heard),
 `silence:MS[:TIMEOUT]` (until MS of quiet after sound), `dtmf:DIGITS` (one key every 250 ms),
-`hangup`, `expect_end[:TIMEOUT]` (wait for the far end to hang up).
+`hangup`, `expect_end[:TIMEOUT]` (wait for the far end to hang up), `say:FILE.wav` (start
+speaking the WAV into the call and go on at once: the caller talks over whatever follows).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Leg:
     call: pj.Call | None = None
     ear: Ear | None = None
     recorder: pj.AudioMediaRecorder | None = None
+    media: pj.AudioMedia | None = None
+    voices: list[pj.AudioMediaPlayer] = field(default_factory=list)
     record_path: str = ""
     state: str = "calling"
     step: int = 0
@@ -169,6 +172,7 @@ def main() -> int:
     acc.create(acc_cfg, True)
 
     def media_ready(leg: Leg, am: pj.AudioMedia) -> None:
+        leg.media = am
         if leg.ear is None:
             leg.ear = Ear(f"ear{leg.index}")
             am.startTransmit(leg.ear)
@@ -210,7 +214,9 @@ def main() -> int:
         print(json.dumps(report(leg, start)), flush=True)
     for leg in legs:
         leg.call = None
+        leg.media = None
         leg.recorder = None
+        leg.voices.clear()
     time.sleep(0.2)
     for leg in legs:
         leg.ear = None
@@ -261,6 +267,16 @@ def advance(leg: Leg, now: float, dtmf_method: str) -> None:
             fail(leg, f"no {params[0]} ms silence within {limit}s")
     elif name == "dtmf":
         leg.dtmf_queue = list(params[0])
+    elif name == "say":
+        if leg.media is None:
+            fail(leg, "say: no media yet")
+            return
+        voice = pj.AudioMediaPlayer()
+        voice.createPlayer(params[0], pj.PJMEDIA_FILE_NO_LOOP)
+        voice.startTransmit(leg.media)
+        leg.voices.append(voice)  # kept until the run ends: ports die after the calls
+        leg.log.append((now, "say", params[0]))
+        next_step(leg, now)
     elif name == "hangup":
         leg.log.append((now, "hangup", None))
         leg.call.hangup(pj.CallOpParam())

@@ -1,0 +1,158 @@
+"""The life of a recording row: opened with the call, closed into FLAC, repaired after a crash.
+
+Used by the call worker (open at answer, close when the engine has closed the WAV) and by the
+supervisor (repair the recordings of calls a dead worker held, and at start-up).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from accounts.models import Call, Note, Recording, utcnow
+from recordings.capture import finalise
+from recordings.paths import path_for, relative_path
+from recordings.retention import retain_until_for
+from voice.config import Config
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # the conference bridge's clock rate: what the recorder writes
+
+
+class RecordingBook:
+    def __init__(self, sessions: sessionmaker[Session], cfg: Config) -> None:
+        self._sessions = sessions
+        self._cfg = cfg
+        self.root = cfg.recordings_dir
+
+    def open(self, call_id: int, started_at: dt.datetime | None = None) -> tuple[int, Path]:
+        """A new recording row for the call; returns its id and the WAV to record into."""
+        started_at = started_at or utcnow()
+        with self._sessions.begin() as session:
+            rec = Recording(
+                call_id=call_id,
+                kind="call",
+                path="pending",
+                format="flac",
+                sample_rate=SAMPLE_RATE,
+                channels=1,
+                status="recording",
+                started_at=started_at,
+                retain_until=retain_until_for(started_at, self._cfg),
+            )
+            session.add(rec)
+            session.flush()
+            rec.path = relative_path(call_id, rec.id, started_at, "flac")
+            final = path_for(rec.path, self.root)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return rec.id, final.with_suffix(".wav")
+
+    def close(
+        self, recording_id: int, *, interrupted: bool = False, call_seconds: float | None = None
+    ) -> Recording:
+        """Finalise the recording's WAV into FLAC (or keep the WAV) and store hash and losses."""
+        with self._sessions() as session:
+            rec = session.get(Recording, recording_id)
+            if rec is None:
+                raise LookupError(f"no recording {recording_id}")
+            flac = path_for(rec.path, self.root)
+        wav = flac.with_suffix(".wav")
+        problems = []
+        if wav.exists():
+            done = finalise(wav, flac)
+            if done.problem:
+                problems.append(done.problem)
+            stored_path = path_for(rec.path, self.root)
+            rel = rec.path if done.path == stored_path else rec.path[: -len("flac")] + "wav"
+            values = {
+                "path": rel,
+                "format": done.format,
+                "duration_s": done.duration_s,
+                "bytes": done.bytes,
+                "sha256": done.sha256,
+            }
+            if call_seconds is not None and call_seconds - done.duration_s > 1.0:
+                lost = call_seconds - done.duration_s
+                problems.append(
+                    f"recording stopped at {done.duration_s:.1f} s of {call_seconds:.1f} s "
+                    f"({lost:.1f} s not recorded: the disk was full or unwritable)"
+                )
+        else:
+            values = {"duration_s": 0.0}
+            problems.append("no audio was written (the recorder never started)")
+        with self._sessions.begin() as session:
+            rec = session.get(Recording, recording_id)
+            assert rec is not None
+            for key, value in values.items():
+                setattr(rec, key, value)
+            rec.status = "interrupted" if interrupted else "final"
+            rec.finalized_at = utcnow()
+            rec.loss = "; ".join(problems) or None
+            _annotate_note(session, rec)
+        return rec
+
+    def mark_pause(self, recording_id: int, at_s: float, paused: bool) -> None:
+        """Record a PCI gap: a pause opens one, a resume closes the open one."""
+        with self._sessions.begin() as session:
+            rec = session.get(Recording, recording_id)
+            if rec is None:
+                raise LookupError(f"no recording {recording_id}")
+            pauses = [dict(p) for p in rec.pauses or []]
+            if paused and not (pauses and "end" not in pauses[-1]):
+                pauses.append({"start": at_s})
+            elif not paused and pauses and "end" not in pauses[-1]:
+                pauses[-1]["end"] = at_s
+            rec.pauses = pauses  # a new list: JSON columns only notice reassignment
+
+    def repair_calls(self, call_ids: list[int]) -> list[Recording]:
+        """Close, as interrupted, the recordings still open on these (interrupted) calls."""
+        with self._sessions() as session:
+            open_ids = list(
+                session.scalars(
+                    select(Recording.id).where(
+                        Recording.call_id.in_(call_ids), Recording.status == "recording"
+                    )
+                )
+            )
+        repaired = []
+        for recording_id in open_ids:
+            try:
+                repaired.append(self.close(recording_id, interrupted=True))
+            except Exception:
+                log.exception("recording %d could not be repaired", recording_id)
+        return repaired
+
+    def repair_orphans(self) -> list[Recording]:
+        """Start-up: recordings still open whose call is no longer in progress."""
+        with self._sessions() as session:
+            call_ids = list(
+                session.scalars(
+                    select(Recording.call_id)
+                    .join(Call, Call.id == Recording.call_id)
+                    .where(Recording.status == "recording", Call.status != "in_progress")
+                )
+            )
+        return self.repair_calls(call_ids)
+
+
+def recording_line(rec: Recording) -> str:
+    line = f"Recording {rec.id}: {rec.duration_s or 0:.1f} s, {rec.format.upper()}, {rec.status}"
+    if rec.sha256:
+        line += f", SHA-256 {rec.sha256[:16]}…"
+    if rec.loss:
+        line += f". Incomplete: {rec.loss}"
+    return line + "."
+
+
+def _annotate_note(session: Session, rec: Recording) -> None:
+    """Add the recording's line to the call's note (written at hang-up, before the file closed)."""
+    note = session.scalars(
+        select(Note).where(Note.call_id == rec.call_id, Note.kind == "call").order_by(Note.id)
+    ).first()
+    if note is not None and f"Recording {rec.id}:" not in note.body:
+        note.body = f"{note.body}\n{recording_line(rec)}"
