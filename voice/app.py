@@ -8,11 +8,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from accounts.db import make_engine, make_sessions
 from voice.api import api_mount
+from voice.metrics import render as render_metrics
 
 
 def build_app(supervisor: Any) -> Starlette:
@@ -32,5 +33,13 @@ def build_app(supervisor: Any) -> Starlette:
         finally:
             engine.dispose()
 
-    routes = [Route("/healthz", healthz), api_mount(make_sessions(engine), cfg)]
+    async def metrics(request: Request) -> PlainTextResponse:
+        text = render_metrics(await supervisor.health())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/metrics", metrics),
+        api_mount(make_sessions(engine), cfg),
+    ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -11,6 +11,7 @@ import time
 import wave
 from pathlib import Path
 
+import httpx
 import numpy as np
 import soundfile
 from sqlalchemy import select
@@ -191,6 +192,8 @@ def test_a_full_disk_loses_the_rest_of_the_recording_not_the_call(tmp_path: Path
                     == 1
                 )
             )
+            metrics = httpx.get(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5).text
+            assert "\nvoice_recordings_incomplete_total 1\n" in metrics
         finally:
             stop_server(server)
 
