@@ -45,7 +45,9 @@ class World:
 
     def request(self, method: str, path: str, caller: str, **kwargs: Any) -> httpx.Response:
         token = self.tokens[caller]
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = dict(kwargs.pop("headers", None) or {})  # e.g. Range
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         return request(self.app, method, path, headers=headers, **kwargs)
 
     def last_audit_id(self) -> int:
