@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recordings import cli as recordings_cli
 from voice import config as config_mod
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("init-db", help="create the database schema (and demo data if configured)")
     _add_softphones_parser(sub)
     _add_users_parser(sub)
+    recordings_cli.add_parser(sub)
     for p in (serve, worker, zygote, ctl, imp, sub.choices["init-db"]):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return _softphones(cfg, args)
     if args.command == "users":
         return _users(cfg, args)
+    if args.command == "recordings":
+        return recordings_cli.run(cfg, args, _sessions(cfg))
     return _init_db(cfg)
 
 
