@@ -12,8 +12,11 @@ delay a deletion but never bring one forward).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import errno
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from accounts.models import Recording
+from accounts.models import Recording, utcnow
 from recordings.paths import UnsafePath, path_for
 from recordings.verify import VERIFIABLE, RecordingNotFound
 
 if TYPE_CHECKING:
     from voice.config import Config, RecordingsConfig
+
+log = logging.getLogger(__name__)
 
 
 class RecordingDeleted(ValueError):
@@ -174,3 +179,54 @@ def _prune_empty_dirs(folder: Path, root: Path) -> None:
             if exc.errno != errno.ENOENT:
                 return
         folder = folder.parent
+
+
+PURGE_INTERVAL = 3600.0  # seconds between retention passes: deletion is due by the day, not second
+
+
+async def run_purge(
+    cfg: Config,
+    stop_event: asyncio.Event,
+    sessions: sessionmaker[Session] | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
+    interval: float = PURGE_INTERVAL,
+) -> None:
+    """Purge recordings past retention every `interval` seconds until `stop_event` is set.
+
+    A pass that deletes something leaves one audit row (actor `cli`, action
+    `recordings.purge`); a failing pass is logged and retried at the next interval.
+    """
+    from accounts import audit
+
+    engine = None
+    if sessions is None:
+        from accounts.db import make_engine, make_sessions
+
+        engine = make_engine(cfg.database_url, cfg.database.busy_timeout_ms)
+        sessions = make_sessions(engine)
+    retention = Retention.from_config(cfg, sessions)
+
+    def one_pass() -> None:
+        result = retention.purge(clock())
+        if result.deleted or result.errors:
+            detail = {
+                "deleted": result.deleted,
+                "already_missing": result.missing,
+                "errors": [rid for rid, _ in result.errors],
+                "retention_days": cfg.recordings.retention_days,
+            }
+            audit.record(sessions, None, None, "recordings.purge", "recording", None, detail)
+        for rid, error in result.errors:
+            log.error("recording %d past retention not deleted: %s", rid, error)
+
+    try:
+        while not stop_event.is_set():
+            try:
+                await asyncio.to_thread(one_pass)
+            except Exception:
+                log.exception("retention pass failed; next in %gs", interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_event.wait(), interval)
+    finally:
+        if engine is not None:
+            engine.dispose()

@@ -5,6 +5,7 @@ Real FLAC files, real SQLite and PostgreSQL (`world` runs on both), an injected 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 from collections.abc import Iterator
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from accounts.models import Recording
+from accounts.models import AuditEntry, Recording
 from recordings.paths import UnsafePath, check_relative, path_for, relative_path
-from recordings.retention import RecordingDeleted, Retention, retain_until_for
+from recordings.retention import RecordingDeleted, Retention, retain_until_for, run_purge
 from recordings.verify import RecordingNotFound, sha256_file, verify_all, verify_one
 from tests.unit.recdata import T0, World, build_world, write_flac
 from voice.config import Config, ConfigError, from_mapping
@@ -322,3 +323,25 @@ def test_write_flac_is_real_flac(tmp_path: Path) -> None:
     digest, size = write_flac(tmp_path / "a.flac")
     assert (tmp_path / "a.flac").read_bytes()[:4] == b"fLaC"
     assert sha256_file(tmp_path / "a.flac") == (digest, size)
+
+
+async def test_run_purge_deletes_on_its_own_until_stopped(sqlite_world: World) -> None:
+    w = sqlite_world
+    rid = w.recording(w.call(), retain_until=YEAR3)
+    cfg = from_mapping({"recordings": {"dir": str(w.root)}}, {})
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_purge(cfg, stop, w.sessions, clock=lambda: YEAR3, interval=0.05))
+    for _ in range(100):
+        if _state(w, rid)[0] == "deleted":
+            break
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert _state(w, rid)[:2] == ("deleted", False)
+    with w.sessions() as session:
+        [entry] = session.scalars(select(AuditEntry))
+    assert (entry.action, entry.user_name, entry.detail["deleted"]) == (
+        "recordings.purge",
+        "cli",
+        [rid],
+    )
