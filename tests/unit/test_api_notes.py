@@ -4,6 +4,7 @@ path tricks that must end as 404/405 without their text reaching SQL, and the Op
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from tests.unit.apiworld import World, add_note, make_world, request
 from voice.api import ROUTES
 from voice.api.auth import DENIED
 from voice.api.openapi import API_PREFIX
+from voice.app import build_app
+from voice.config import from_mapping
 
 
 @pytest.fixture
@@ -254,3 +257,25 @@ def test_openapi_lists_every_route_with_its_roles(sqlite_world: World) -> None:
     assert spec["paths"]["/api/openapi.json"]["get"]["security"] == []
     post = spec["paths"]["/api/accounts/{number}/notes"]["post"]
     assert "201" in post["responses"] and "requestBody" in post
+
+
+def test_build_app_serves_the_api_next_to_healthz(tmp_path: Path) -> None:
+    """The app `voice serve` runs, built around a stand-in supervisor (no workers)."""
+    cfg = from_mapping({}, {"VOICE_DATA_DIR": str(tmp_path)})
+    world = make_world(cfg.database_url)
+
+    class Supervisor:
+        def __init__(self) -> None:
+            self.cfg = cfg
+
+        async def health(self) -> dict[str, object]:
+            return {"status": "ok"}
+
+    app = build_app(Supervisor())
+    token = world.tokens["supervisor"]
+    notes = request(app, "GET", "/api/accounts/20001/notes",
+                    headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert notes.json()["notes"][0]["body"] == "other note"
+    assert request(app, "GET", "/healthz").json() == {"status": "ok"}
+    assert request(app, "GET", "/nowhere").status_code == 404
+    world.engine.dispose()

@@ -139,9 +139,18 @@ def client_addr(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+_PHRASES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not found",
+    405: "method not allowed",
+    413: "too large",
+    415: "unsupported media type",
+}
+
+
 async def json_error(request: Request, exc: Exception) -> Response:
     """Errors under /api are JSON: {"error": "...", "reason": "..."}."""
     assert isinstance(exc, HTTPException)
-    phrases = {401: "unauthorized", 403: "forbidden", 404: "not found", 405: "method not allowed"}
-    body = {"error": phrases.get(exc.status_code, "invalid request"), "reason": exc.detail}
+    body = {"error": _PHRASES.get(exc.status_code, "invalid request"), "reason": exc.detail}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
