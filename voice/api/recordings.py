@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 from sqlalchemy import select
@@ -234,24 +234,22 @@ async def get_audio(request: Request, user: Principal) -> Response:
         raise HTTPException(422, "download must be 0 or 1")
     download = params.get("download") == "1"
     args = (sessions_of(request), _cfg(request).recordings_dir, user, client_addr(request), rid)
-    info, fd, size = await run_in_threadpool(_open_audio, *args, request, download)
+    info, audio, size = await run_in_threadpool(_open_audio, *args, request, download)
     headers = {
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-store",
-        "ETag": f'"{info.sha256}"' if info.sha256 else "",
         "X-Content-Type-Options": "nosniff",
     }
-    if info.sha256:
+    if info.sha256:  # a finalised file never changes: its hash is a strong validator
+        headers["ETag"] = f'"{info.sha256}"'
         digest = base64.b64encode(bytes.fromhex(info.sha256)).decode()
         headers["Repr-Digest"] = f"sha-256=:{digest}:"
-    else:
-        del headers["ETag"]
     name = f"recording-{rid}.{info.format}"
     headers["Content-Disposition"] = f'{"attachment" if download else "inline"}; filename="{name}"'
     try:
         span = _wanted_range(request, info, size)
     except _Unsatisfiable:
-        await run_in_threadpool(_close, fd)
+        audio.close()
         headers["Content-Range"] = f"bytes */{size}"
         return Response(status_code=416, headers=headers)
     first, last = span if span is not None else (0, size - 1)
@@ -262,10 +260,10 @@ async def get_audio(request: Request, user: Principal) -> Response:
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     media = MEDIA_TYPES.get(info.format, "application/octet-stream")
     if request.method == "HEAD":
-        await run_in_threadpool(_close, fd)
+        audio.close()
         return Response(status_code=status, headers=headers, media_type=media)
     return StreamingResponse(
-        _stream(fd, first, last), status_code=status, headers=headers, media_type=media
+        _stream(audio, first, last), status_code=status, headers=headers, media_type=media
     )
 
 
@@ -284,7 +282,7 @@ def _open_audio(
     rid: int,
     request: Request,
     download: bool,
-) -> tuple[RecordingInfo, int, int]:
+) -> tuple[RecordingInfo, BinaryIO, int]:
     info = _visible(sessions, user, addr, rid)
     action = "recording.download" if download else "recording.play"
     detail: dict[str, Any] = {"account": info.account_number, "call_id": info.call_id}
@@ -299,41 +297,33 @@ def _open_audio(
     with sessions() as session:
         rel = session.scalar(select(Recording.path).where(Recording.id == rid)) or ""
     try:
-        fd = open_for_reading(path_for(rel, root))
+        # A file object, not a bare descriptor: closed even if the response is never sent.
+        audio = os.fdopen(open_for_reading(path_for(rel, root)), "rb", buffering=0)
     except (UnsafePath, OSError):
         deny(sessions, user, addr, "recording", rid, "audio file missing", status=404)
         raise HTTPException(404, f"recording {rid}: audio file missing (run verify)") from None
     try:
-        size = os.fstat(fd).st_size
+        size = os.fstat(audio.fileno()).st_size
         # Audited before a byte is sent; if this fails, nothing is.
         audit.record(sessions, user, addr, action, "recording", rid, detail)
     except BaseException:
-        _close(fd)
+        audio.close()
         raise
-    return info, fd, size
+    return info, audio, size
 
 
-def _close(fd: int) -> None:
-    os.close(fd)
-
-
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    return os.pread(fd, size, offset)
-
-
-async def _stream(fd: int, first: int, last: int) -> AsyncIterator[bytes]:
+async def _stream(audio: BinaryIO, first: int, last: int) -> AsyncIterator[bytes]:
     try:
         offset = first
         while offset <= last:
-            chunk = await anyio.to_thread.run_sync(
-                _pread, fd, min(CHUNK, last - offset + 1), offset
-            )
+            size = min(CHUNK, last - offset + 1)
+            chunk = await anyio.to_thread.run_sync(os.pread, audio.fileno(), size, offset)
             if not chunk:
                 break  # the file shrank: never happens to a finalised recording
             offset += len(chunk)
             yield chunk
     finally:
-        _close(fd)
+        audio.close()
 
 
 # -- integrity and legal hold -------------------------------------------------------------
