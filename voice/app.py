@@ -40,6 +40,6 @@ def build_app(supervisor: Any) -> Starlette:
     routes = [
         Route("/healthz", healthz),
         Route("/metrics", metrics),
-        api_mount(make_sessions(engine), cfg),
+        api_mount(make_sessions(engine), cfg, fleet=supervisor),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -28,7 +28,9 @@ import uvicorn
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.demo import load_demo_if_empty
 from accounts.services import CallJournal
+from accounts.webhook import run_outbox
 from recordings.book import RecordingBook
+from recordings.retention import run_purge
 from voice import control, procinfo
 from voice.app import build_app
 from voice.config import Config
@@ -113,6 +115,11 @@ class Supervisor:
         server.install_signal_handlers = lambda: None  # signals are ours
         http = asyncio.create_task(server.serve())
         keeper = asyncio.create_task(self._keep_zygote())
+        # Housekeeping that must run once per machine, not once per worker.
+        chores = [
+            asyncio.create_task(run_outbox(self.cfg, self._stopping)),
+            asyncio.create_task(run_purge(self.cfg, self._stopping)),
+        ]
         try:
             await self._control.start()
             if uses_kamailio(self.cfg):
@@ -125,6 +132,7 @@ class Supervisor:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+            await asyncio.gather(*chores, return_exceptions=True)
             await self._control.close()
             server.should_exit = True
             await http
@@ -333,6 +341,18 @@ class Supervisor:
         worker = self.workers[free[0][1]]
         reply = await control.request(worker.spec.control_path, "dial", 10.0, to=to)
         return {"worker": worker.spec.name, "call_id": reply["call_id"]}
+
+    async def pause_recording(self, call_id: int, paused: bool) -> dict[str, Any]:
+        """PCI pause/resume on whichever worker holds the call."""
+        for worker in self.workers.values():
+            if worker.alive:
+                with contextlib.suppress(control.ControlError):
+                    reply = await self._ask(
+                        worker, "pause_recording", call_id=call_id, paused=paused
+                    )
+                    reply.pop("ok", None)
+                    return reply
+        raise LookupError(f"no recording in progress for call {call_id}")
 
     async def hangup(self, call_id: int) -> dict[str, Any]:
         for worker in self.workers.values():

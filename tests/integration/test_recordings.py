@@ -16,7 +16,7 @@ import numpy as np
 import soundfile
 from sqlalchemy import select
 
-from accounts.models import Call, Note, Recording
+from accounts.models import AuditEntry, Call, Note, Recording
 from recordings.paths import path_for
 from tests.integration.audio import match_in_order
 from tests.integration.conftest import (
@@ -242,3 +242,78 @@ def _identified_call(server: Server) -> int | None:
         return session.scalar(
             select(Call.id).where(Call.caller == KNOWN, Call.status == "in_progress")
         )
+
+
+def test_pci_pause_through_the_api_records_silence_and_marks_the_gap(
+    server: Server, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import PJUA, REPO, free_port
+
+    added = subprocess.run(
+        [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml")]
+        + ["users", "add", "pat", "--role", "supervisor"],
+        env={**os.environ, "VOICE_DATA_DIR": str(server.data_dir)},
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    token = next(w for w in added.stdout.decode().split() if w.startswith("cv_"))
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{server.http_port}/api",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    voice = caller_voice(tmp_path / "voice.wav", 12.0)  # the caller talks all along
+    cmd = [
+        sys.executable,
+        str(PJUA),
+        "--target",
+        f"sip:ivr@127.0.0.1:{server.sip_port}",
+        "--caller",
+        KNOWN,
+        "--sip-port",
+        str(free_port()),
+        "--rtp-port",
+        "33900",
+        "--steps",
+        f"audio;say:{voice};wait:9;hangup",
+        "--timeout",
+        "40",
+    ]
+    with (tmp_path / "ua.out").open("wb") as out:
+        ua = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        call_id = wait_for(lambda: _identified_call(server), 20)
+        assert call_id
+        time.sleep(2.0)
+        paused = api.post(f"/calls/{call_id}/recording/pause")
+        assert paused.status_code == 200, paused.text
+        time.sleep(2.5)
+        resumed = api.post(f"/calls/{call_id}/recording/resume")
+        assert resumed.status_code == 200, resumed.text
+        assert ua.wait(40) == 0, (tmp_path / "ua.out").read_text()[-2000:]
+    finally:
+        if ua.poll() is None:
+            ua.kill()
+            ua.wait()
+    rec = closed_recording(server, call_id)
+    start, end = paused.json()["at_s"], resumed.json()["at_s"]
+    assert rec.pauses == [{"start": start, "end": end}]
+    assert 2.0 < end - start < 3.5
+    audio, _ = soundfile.read(path_for(rec, server.data_dir / "recordings"), dtype="int16")
+    # The worker's clock and the recorder's agree within a frame or two: trim 0.1 s each side.
+    gap = audio[int((start + 0.1) * RATE) : int((end - 0.1) * RATE)]
+    assert len(gap) > RATE and not gap.any()  # digital silence: nothing of either side
+    after = audio[int((end + 0.2) * RATE) : int((end + 1.2) * RATE)]
+    assert tone_level(after, VOICE_HZ) > 0.1  # the caller is recorded again
+    # The pause and resume are in the audit log.
+    with server.session() as session:
+        actions = session.scalars(
+            select(AuditEntry.action).where(AuditEntry.target_id == str(call_id))
+        ).all()
+    assert {"recording.pause", "recording.resume"} <= set(actions)
+    # A finished call cannot be paused: 409, not a silent no-op.
+    assert api.post(f"/calls/{call_id}/recording/pause").status_code == 409

@@ -78,6 +78,36 @@ def add_note(sessions: sessionmaker[Session], number: str, body: str) -> int:
         return note.id
 
 
+def add_live_call(sessions: sessionmaker[Session], number: str) -> int:
+    """A call in progress on account `number` (for the calls-in-progress endpoints)."""
+    with sessions.begin() as session:
+        account_id = session.scalar(select(Account.id).where(Account.number == number))
+        call = Call(
+            direction="inbound",
+            caller="+12125550101",
+            callee="ivr",
+            account_id=account_id,
+            worker="w0",
+            sip_call_id=f"live-{number}",
+            status="in_progress",
+        )
+        session.add(call)
+        session.flush()
+        return call.id
+
+
+class FakeFleet:
+    """Stands in for the supervisor's control channel: the role matrix is about who may ask;
+    tests/integration/test_recordings.py proves a real worker pauses a real recording."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, bool]] = []
+
+    async def pause_recording(self, call_id: int, paused: bool) -> dict[str, object]:
+        self.asked.append((call_id, paused))
+        return {"call_id": call_id, "paused": paused, "at_s": 1.0}
+
+
 def add_recording(sessions: sessionmaker[Session], root: Path, number: str) -> int:
     """A finished call on account `number` with a final recording: a real FLAC under `root`."""
     with sessions.begin() as session:
@@ -123,9 +153,12 @@ def make_world(database_url: str, recordings_root: Path | None = None) -> World:
         "own": {"number": "10042", "note_id": str(add_note(sessions, "10042", "own note"))},
         "other": {"number": "20001", "note_id": str(add_note(sessions, "20001", "other note"))},
     }
+    for side, number in (("own", "10042"), ("other", "20001")):
+        targets[side]["call_id"] = str(add_live_call(sessions, number))
     cfg = None
     if recordings_root is not None:
         cfg = from_mapping({"recordings": {"dir": str(recordings_root)}}, {})
         for side, number in (("own", "10042"), ("other", "20001")):
             targets[side]["recording_id"] = str(add_recording(sessions, recordings_root, number))
-    return World(engine, sessions, build_api(sessions, cfg), tokens, names, targets)
+    app = build_api(sessions, cfg, fleet=FakeFleet())
+    return World(engine, sessions, app, tokens, names, targets)

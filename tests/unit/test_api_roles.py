@@ -60,7 +60,14 @@ class Endpoint:
         return f"{self.method} {self.path}"
 
 
+PAUSERS = ("collector", "supervisor", "admin")  # the people on a call, and its managers
 ENDPOINTS = [
+    Endpoint(
+        "POST", "/api/calls/{call_id}/recording/pause", PAUSERS, "recording.pause", scoped=True
+    ),
+    Endpoint(
+        "POST", "/api/calls/{call_id}/recording/resume", PAUSERS, "recording.resume", scoped=True
+    ),
     Endpoint("GET", "/api/accounts/{number}/notes", ANY_ROLE, "notes.list", scoped=True),
     Endpoint("GET", "/api/notes/{note_id}", ANY_ROLE, "note.read", scoped=True),
     Endpoint(

@@ -8,12 +8,14 @@ one line in the role matrix (tests/unit/test_api_roles.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from voice.api import audit, notes, openapi, recordings
+from voice.api import audit, calls, notes, openapi, recordings
 from voice.api.auth import json_error
 from voice.api.openapi import API_PREFIX
 from voice.config import Config
@@ -22,21 +24,29 @@ ROUTES: list[BaseRoute] = [
     *notes.ROUTES,
     *audit.ROUTES,
     *recordings.ROUTES,
+    *calls.ROUTES,
     *openapi.ROUTES,
 ]
 
 
-def api_app(sessions: sessionmaker[Session], cfg: Config | None = None) -> Starlette:
+def api_app(
+    sessions: sessionmaker[Session], cfg: Config | None = None, fleet: Any = None
+) -> Starlette:
     app = Starlette(routes=ROUTES, exception_handlers={HTTPException: json_error})
     app.state.sessions = sessions
     app.state.cfg = cfg  # None: built-in defaults (e.g. the recordings folder)
+    app.state.fleet = fleet  # the supervisor (calls in progress); None: 503 for those
     return app
 
 
-def api_mount(sessions: sessionmaker[Session], cfg: Config | None = None) -> Mount:
-    return Mount(API_PREFIX, app=api_app(sessions, cfg))
+def api_mount(
+    sessions: sessionmaker[Session], cfg: Config | None = None, fleet: Any = None
+) -> Mount:
+    return Mount(API_PREFIX, app=api_app(sessions, cfg, fleet))
 
 
-def build_api(sessions: sessionmaker[Session], cfg: Config | None = None) -> Starlette:
+def build_api(
+    sessions: sessionmaker[Session], cfg: Config | None = None, fleet: Any = None
+) -> Starlette:
     """The API alone, at /api, over an existing database (its schema already created)."""
-    return Starlette(routes=[api_mount(sessions, cfg)])
+    return Starlette(routes=[api_mount(sessions, cfg, fleet)])

@@ -1,0 +1,83 @@
+"""Calls in progress over HTTP: pause and resume the recording while card details are given.
+
+PCI DSS: no card security codes in recordings. The collector on the call pauses; the recorder
+then writes silence (the file keeps the call's timeline) and the gap is marked in the
+recording's metadata. The request reaches the worker holding the call through the supervisor's
+control channel (`app.state.fleet`); an API without a fleet (tests, tools) answers 503.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from accounts import audit
+from accounts.models import Account, Call
+from accounts.users import Principal
+from voice.api.auth import client_addr, deny, requires, sees_account, sessions_of
+from voice.api.openapi import documented, error_responses
+from voice.api.params import int_id
+
+PAUSERS = ("collector", "supervisor", "admin")
+_CALL_PARAM = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_RESPONSES = {
+    "200": {"description": "the recording is paused (or resumed); `at_s` is its time in it"},
+    "409": {"description": "the call is not in progress, or not being recorded"},
+    "503": {"description": "no call workers behind this API"},
+    **error_responses("404"),
+}
+
+
+@requires(*PAUSERS)
+@documented(parameters=[_CALL_PARAM], responses=_RESPONSES)
+async def pause_recording(request: Request, user: Principal) -> Response:
+    """Pause the call's recording (silence is recorded instead) until resumed."""
+    return await _set_pause(request, user, paused=True)
+
+
+@requires(*PAUSERS)
+@documented(parameters=[_CALL_PARAM], responses=_RESPONSES)
+async def resume_recording(request: Request, user: Principal) -> Response:
+    """Resume the call's recording after a pause."""
+    return await _set_pause(request, user, paused=False)
+
+
+async def _set_pause(request: Request, user: Principal, paused: bool) -> Response:
+    call_id = int_id(request, "call_id")
+    action = "recording.pause" if paused else "recording.resume"
+    args = (sessions_of(request), user, client_addr(request), call_id, action)
+    await run_in_threadpool(_check_and_audit, *args)
+    fleet = getattr(request.app.state, "fleet", None)
+    if fleet is None:
+        raise HTTPException(503, "no call workers behind this API")
+    try:
+        result: dict[str, Any] = await fleet.pause_recording(call_id, paused)
+    except LookupError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return JSONResponse(result)
+
+
+def _check_and_audit(
+    sessions: sessionmaker[Session], user: Principal, addr: str | None, call_id: int, action: str
+) -> None:
+    with sessions() as session:
+        call = session.get(Call, call_id)
+        account = session.get(Account, call.account_id) if call and call.account_id else None
+    if call is None or not sees_account(user, account.collector_id if account else None):
+        deny(sessions, user, addr, "call", call_id, "no such call for this user")
+        raise HTTPException(404, f"no call {call_id}")
+    audit.record(sessions, user, addr, action, "call", call_id)
+    if call.status != "in_progress":
+        raise HTTPException(409, f"call {call_id} is {call.status}")
+
+
+ROUTES = [
+    Route("/calls/{call_id}/recording/pause", pause_recording, methods=["POST"]),
+    Route("/calls/{call_id}/recording/resume", resume_recording, methods=["POST"]),
+]
