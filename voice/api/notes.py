@@ -7,6 +7,7 @@ in the audit log, committed with the access itself: if it cannot be written, the
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -19,12 +20,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts import audit
-from accounts.models import Account, Note
+from accounts.models import Account, Call, CallEvent, Note, Recording, Transcript
 from accounts.users import Principal
 from voice.api.auth import client_addr, deny, requires, sees_account, sessions_of
 from voice.api.openapi import documented, error_responses, query_param
 from voice.api.params import account_number, int_id, int_query, query, read_json
 
+ACTION_EVENTS = ("identified", "keys", "choice", "no_input", "invalid_choice", "agent", "said")
 READERS = ("collector", "supervisor", "compliance", "admin")
 WRITERS = ("collector", "supervisor", "admin")
 MAX_BODY = 10_000  # characters
@@ -43,12 +45,17 @@ _NOTE_SCHEMA = {
         "author": {"type": "string"},
         "kind": {"type": "string", "description": "manual, or call (written by the IVR)"},
         "body": {"type": "string"},
+        "call": {
+            "type": ["object", "null"],
+            "description": "call notes: parties, times, actions, recordings (with links and "
+            "hashes) and the transcript as it stands when read",
+        },
     },
 }
 
 
-def note_dict(note: Note, account: str) -> dict[str, Any]:
-    return {
+def note_dict(note: Note, account: str, session: Session | None = None) -> dict[str, Any]:
+    out = {
         "id": note.id,
         "account": account,
         "call_id": note.call_id,
@@ -56,6 +63,59 @@ def note_dict(note: Note, account: str) -> dict[str, Any]:
         "author": note.author,
         "kind": note.kind,
         "body": note.body,
+    }
+    if session is not None and note.call_id is not None:
+        out["call"] = call_detail(session, note.call_id)
+    return out
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def call_detail(session: Session, call_id: int) -> dict[str, Any] | None:
+    """What a call note carries beyond its text: parties, times, the caller's actions, the
+    recording (link, hash, losses, PCI gaps) and the transcript, read now, so a transcript
+    finished after the note was written is attached as soon as it exists."""
+    call = session.get(Call, call_id)
+    if call is None:
+        return None
+    actions = session.scalars(
+        select(CallEvent)
+        .where(CallEvent.call_id == call_id, CallEvent.kind.in_(ACTION_EVENTS))
+        .order_by(CallEvent.seq)
+    )
+    recordings = session.scalars(
+        select(Recording).where(Recording.call_id == call_id).order_by(Recording.id)
+    )
+    transcript = session.scalars(
+        select(Transcript).where(Transcript.call_id == call_id).order_by(Transcript.id)
+    )
+    return {
+        "direction": call.direction,
+        "caller": call.caller,
+        "callee": call.callee,
+        "status": call.status,
+        "end_reason": call.end_reason,
+        "started_at": _iso(call.started_at),
+        "answered_at": _iso(call.answered_at),
+        "ended_at": _iso(call.ended_at),
+        "actions": [{"at": _iso(e.at), "kind": e.kind, **e.detail} for e in actions],
+        "recordings": [
+            {
+                "id": r.id,
+                "url": f"/api/recordings/{r.id}/audio",
+                "status": r.status,
+                "duration_s": r.duration_s,
+                "sha256": r.sha256,
+                "loss": r.loss,
+                "pauses": r.pauses or [],
+            }
+            for r in recordings
+        ],
+        "transcript": [
+            {"speaker": t.speaker, "text": t.text, "words": t.words or []} for t in transcript
+        ],
     }
 
 
@@ -115,7 +175,7 @@ def _list(
         stmt = select(Note).where(Note.account_id == account.id).order_by(Note.id.desc())
         if before is not None:
             stmt = stmt.where(Note.id < before)
-        notes = [note_dict(n, number) for n in session.scalars(stmt.limit(limit))]
+        notes = [note_dict(n, number, session) for n in session.scalars(stmt.limit(limit))]
         detail = {"count": len(notes), "ids": [n["id"] for n in notes]}
         audit.record(session, user, addr, "notes.list", "account", number, detail)
     return notes
@@ -163,7 +223,7 @@ def _get(
             deny(session, user, addr, "note", note_id, reason)
             return None
         audit.record(session, user, addr, "note.read", "note", note_id, {"account": number})
-        return note_dict(note, number)
+        return note_dict(note, number, session)
 
 
 @requires(*WRITERS)
