@@ -21,7 +21,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from accounts.models import Account, Collector, Contact, Customer, Invoice, Payment
+from accounts.models import (
+    ACCOUNT_NUMBER,
+    Account,
+    Collector,
+    Contact,
+    Customer,
+    Invoice,
+    Payment,
+)
 from accounts.phones import InvalidPhone, normalize
 
 # kind -> (required columns, optional columns)
@@ -274,6 +282,11 @@ class _Checker:
 
 def _check_account(checker: _Checker, row: _Row) -> _AccountRow | None:
     number = row.text("account_number")
+    if number is not None and not ACCOUNT_NUMBER.fullmatch(number):
+        row.fail(
+            f"invalid account number {number!r}: letters, digits and inner . _ - or spaces, "
+            "starting with a letter or digit"
+        )
     customer_name = row.text("customer_name")
     currency = row.text("currency")
     if currency is not None:

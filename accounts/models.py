@@ -177,6 +177,11 @@ class Note(Base):
     body: Mapped[str] = mapped_column(Text)
 
 
+# Account numbers as the ERP exports them: letters, digits and inner separators
+# (". _ -" and spaces, e.g. "A-100 7"), starting with a letter or digit; 64 = Account.number.
+# The importer refuses others, so every account is reachable over the API.
+ACCOUNT_NUMBER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,62}[A-Za-z0-9._-])?")
+
 RECORDING_STATUSES = ("recording", "final", "interrupted", "deleted")
 RECORDING_KINDS = ("call", "voicemail")
 

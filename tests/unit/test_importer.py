@@ -347,3 +347,16 @@ def test_amounts_beyond_32_bits(
     assert _errors(sessions, "invoices", huge) == [
         "line 2: amount '100000000000000000' is too large"
     ]
+
+
+def test_account_numbers_the_api_cannot_address_are_refused(
+    sessions: sessionmaker[Session], write: Write
+) -> None:
+    accounts = write(
+        "account_number,customer_name\n../etc,Trick\n-lead,Dash first\nA 1,Fine spaced\n"
+        "trail ,Space last\nB/2,Slash\n"
+    )
+    errors = _errors(sessions, "accounts", accounts)
+    assert [e.split(":")[0] for e in errors] == ["line 2", "line 3", "line 6"]
+    assert all("invalid account number" in e for e in errors)
+    assert _count(sessions, Account) == 0  # all or nothing

@@ -16,9 +16,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-# Account numbers as the ERP exports them: letters, digits and inner separators
-# (". _ -" and spaces, e.g. "A-100 7"), starting with a letter or digit; 64 = Account.number.
-ACCOUNT_NUMBER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,62}[A-Za-z0-9._-])?")
+from accounts.models import ACCOUNT_NUMBER
+
 _ID = re.compile(r"[0-9]{1,18}")  # fits a 64-bit integer column on every backend
 MAX_JSON_BYTES = 64 * 1024
 
