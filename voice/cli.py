@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from recordings import cli as recordings_cli
 from voice import config as config_mod
+from voice.asr import models_cli
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_softphones_parser(sub)
     _add_users_parser(sub)
     recordings_cli.add_parser(sub)
+    models_cli.add_parser(sub)
     for p in (serve, worker, zygote, ctl, imp, sub.choices["init-db"]):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return _users(cfg, args)
     if args.command == "recordings":
         return recordings_cli.run(cfg, args, _sessions(cfg))
+    if args.command == "models":
+        return models_cli.run(cfg, args)
     return _init_db(cfg)
 
 

@@ -124,9 +124,22 @@ class KamailioConfig:
 @dataclass(frozen=True)
 class AsrConfig:
     model: str = ""
+    models_dir: str = ""
+    base_url: str = "https://alphacephei.com/vosk/models"
+    download_timeout: float = 30.0
+    max_archive_mb: int = 4096
+    max_unpacked_mb: int = 16384
+    max_files: int = 5000
 
     def validate(self) -> None:
-        pass
+        if not re.fullmatch(r"(https?://[^\s/?#]+|file://)[^\s?#]*", self.base_url):
+            raise ConfigError(
+                f"asr.base_url: expected an http(s):// or file:// URL, got {self.base_url!r}"
+            )
+        _check_range("asr.download_timeout", self.download_timeout, 1.0, 3600.0)
+        _check_range("asr.max_archive_mb", self.max_archive_mb, 1, 1_000_000)
+        _check_range("asr.max_unpacked_mb", self.max_unpacked_mb, 1, 1_000_000)
+        _check_range("asr.max_files", self.max_files, 1, 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -243,6 +256,13 @@ class Config:
         if self.recordings.dir:
             return Path(self.recordings.dir).expanduser().resolve()
         return self.data_dir / "recordings"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where `voice models fetch` installs Vosk models (one folder per model name)."""
+        if self.asr.models_dir:
+            return Path(self.asr.models_dir).expanduser().resolve()
+        return self.data_dir / "models"
 
     @property
     def prompts_dir(self) -> Path:
