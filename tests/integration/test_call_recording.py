@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import soundfile
 from sqlalchemy import select
 
@@ -245,7 +246,7 @@ def _identified_call(server: Server) -> int | None:
 
 
 def test_pci_pause_through_the_api_records_silence_and_marks_the_gap(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     import subprocess
     import sys
@@ -266,6 +267,7 @@ def test_pci_pause_through_the_api_records_silence_and_marks_the_gap(
         headers={"Authorization": f"Bearer {token}"},
         timeout=10,
     )
+    request.addfinalizer(api.close)
     voice = caller_voice(tmp_path / "voice.wav", 12.0)  # the caller talks all along
     cmd = [
         sys.executable,
