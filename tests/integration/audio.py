@@ -39,6 +39,14 @@ def match_in_order(
     line up at one lag. Each 0.5 s chunk is located on its own; returns the worst chunk score,
     the largest jump between consecutive chunk offsets (seconds) and the first chunk's offset.
     """
+    scores, jump, offset = match_pieces(recording, template, chunk)
+    return (min(scores) if scores else 0.0), jump, offset
+
+
+def match_pieces(
+    recording: np.ndarray, template: np.ndarray, chunk: int = CHUNK
+) -> tuple[list[float], float, int]:
+    """As `match_in_order`, with every chunk's score (in template order)."""
     scores: list[float] = []
     offsets: list[int] = []
     for start in range(0, len(template) - chunk // 2, chunk):
@@ -49,9 +57,9 @@ def match_in_order(
         scores.append(score)
         offsets.append(at - start)
     if not scores:
-        return 0.0, 0.0, 0
+        return [], 0.0, 0
     jumps = np.abs(np.diff(offsets)) / 16000 if len(offsets) > 1 else np.zeros(1)
-    return min(scores), float(jumps.max()), offsets[0]
+    return scores, float(jumps.max()), offsets[0]
 
 
 def _locate(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from tests.integration.audio import match_in_order
+from tests.integration.audio import match_pieces
 from tests.integration.conftest import Server, last_call_id, require_sipp, run_ua, wait_for
 from voice.config import TtsConfig
 from voice.ivr.clips import SAMPLE_RATE, ClipLibrary
@@ -113,16 +113,19 @@ def test_pjsua_caller_hears_the_balance(server: Server, tmp_path: Path) -> None:
         "Acme Receivables",
     )
     expected = clips.render(balance_answer(balance)[0])
-    score, jump, offset = match_in_order(heard, expected)
-    # Every piece (down to 125 ms) must be there, in order. A piece holding one 20 ms frame the
-    # caller's jitter buffer concealed scores ~0.88; a different word scores ~0.1 (below).
-    assert score > 0.8, f"balance answer not found in what the caller heard (worst r={score:.3f})"
+    scores, jump, offset = match_pieces(heard, expected)
+    # Every 0.5 s piece must be there, in order. Measured: a clean piece scores > 0.99; one
+    # holding a 20 ms frame the caller's jitter buffer concealed ~0.88; on a CPU-starved machine
+    # (load 14) the worst piece of a heard answer scored 0.67-0.70; a different word ~0.1. So:
+    # every piece above 0.6 (a different word fails it) and nearly all of them near-perfect.
+    assert scores and min(scores) > 0.6, f"balance answer not heard (pieces {scores})"
+    assert sorted(scores)[len(scores) // 10] > 0.85, f"answer too damaged (pieces {scores})"
     assert jump < 0.1, f"answer pieces heard out of order or far apart ({jump:.3f} s)"
 
     # The same check against a different amount must fail, or the test proves nothing.
     wrong = type(balance)(balance.open_cents + 4_321_00, balance.past_due_cents, balance.currency)
-    wrong_score, wrong_jump, _ = match_in_order(heard, clips.render(balance_answer(wrong)[0]))
-    assert wrong_score < 0.5 or wrong_jump >= 0.1, (wrong_score, wrong_jump)
+    wrong_scores, wrong_jump, _ = match_pieces(heard, clips.render(balance_answer(wrong)[0]))
+    assert min(wrong_scores) < 0.5 or wrong_jump >= 0.1, (wrong_scores, wrong_jump)
 
     # And it came after the key press.
     [dtmf_at] = [t for t, kind, _ in report["events"] if kind == "dtmf"]
