@@ -9,7 +9,7 @@ A worker thread per stream runs the endpointer (voice/asr/vad.py) and, inside ut
 Vosk: a transcript recogniser (no grammar, words with times) when `transcribe`, and a grammar
 recogniser when phrases are set. Both hear the same utterances; each reports its own `Final`
 (mode "transcript" or "grammar"), so a menu can take the choice while the transcript keeps every
-word. The grammar one costs ~4 % of the transcript one (measured, bench/asr.py), so running both
+word. The grammar one costs under a tenth of the transcript one (bench/asr.py), so running both
 during a menu is cheap. Recognisers live as long as the stream (a grammar-free one takes ~60 ms
 to build); Vosk's clock runs on across utterances, and each `_Decoder` maps it back to call time.
 
