@@ -48,6 +48,7 @@ class StreamStats:
     dropped_chunks: int  # feed() calls refused because the queue was full
     dropped_s: float
     backlog: int  # chunks waiting in the queue now
+    recognised_s: float  # audio handed to the recognisers (utterances with their pre-roll)
     utterances: int
     noise_utterances: int
 
@@ -141,6 +142,7 @@ class SpeechStream:
         self._grammar: _Decoder | None = None
         self._utterances = 0
         self._noise = 0
+        self._recognised = 0  # samples
         self._speech_start = 0
         self._exited = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"asr-{name}", daemon=True)
@@ -176,6 +178,7 @@ class SpeechStream:
             dropped_chunks=self._dropped_chunks,
             dropped_s=self._dropped_samples / self._rate,
             backlog=self._queue.qsize(),
+            recognised_s=self._recognised / self._rate,
             utterances=self._utterances,
             noise_utterances=self._noise,
         )
@@ -264,6 +267,7 @@ class SpeechStream:
         self._pending.clear()
         for decoder in self._decoders:
             decoder.accept(pcm)
+        self._recognised += len(pcm) // 2
         self._since_partial += len(pcm)
         if self._since_partial < self._partial_bytes:
             return

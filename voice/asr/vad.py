@@ -16,6 +16,8 @@ Pure and deterministic: frames in, events out, frame indexes as the only clock.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,7 +94,7 @@ Event = Start | Audio | End
 def frame_energy_db(frame: bytes) -> float:
     """Mean power of 16-bit PCM in dB; 0 for digital silence, about 90 at full scale."""
     x = np.frombuffer(frame, dtype=np.int16).astype(np.float64)
-    return float(10.0 * np.log10(np.mean(x * x) + 1.0)) if len(x) else 0.0
+    return 10.0 * math.log10(float(np.dot(x, x)) / len(x) + 1.0) if len(x) else 0.0
 
 
 def webrtc_detector(rate: int, aggressiveness: int) -> Callable[[bytes], bool]:
@@ -122,7 +124,10 @@ class Endpointer:
         self._end_frames = _frames(c.end_ms)
         self._max_frames = _frames(c.max_utterance_ms)
         window = _frames(c.floor_window_ms)
-        self._energies: deque[float] = deque([c.initial_floor_db] * window, maxlen=window)
+        # the window's energies in arrival order and sorted (np.percentile per frame cost 40 µs)
+        self._energies: deque[float] = deque([c.initial_floor_db] * window)
+        self._sorted = [c.initial_floor_db] * window
+        self._floor_rank = int(0.1 * (window - 1))
         self._preroll: deque[bytes] = deque(maxlen=max(_frames(c.preroll_ms), c.start_frames))
         self._index = 0  # of the next frame
         self._run = 0  # voiced frames in a row (QUIET) or unvoiced in a row (SPEAKING)
@@ -146,12 +151,18 @@ class Endpointer:
         index = self._index
         self._index += 1
         energy = frame_energy_db(frame)
-        floor = float(np.percentile(self._energies, 10))
-        self._energies.append(energy)
+        floor = self._sorted[self._floor_rank]  # 10th percentile of the window
+        self._slide(energy)
         voiced = energy >= floor + self.config.floor_margin_db and self._detect(frame)
         if self._speaking:
             return self._speaking_frame(index, frame, voiced, energy)
         return self._quiet_frame(index, frame, voiced, energy)
+
+    def _slide(self, energy: float) -> None:
+        oldest = self._energies.popleft()
+        del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+        self._energies.append(energy)
+        bisect.insort(self._sorted, energy)
 
     def flush(self) -> list[Event]:
         """End the utterance in progress, if any (the stream is closing)."""
