@@ -15,6 +15,7 @@ test: $(STAMP) test-system-deps
 
 bench: $(STAMP) test-system-deps
 	$(PY) bench/ivr_latency.py
+	$(PY) bench/capacity.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
