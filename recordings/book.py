@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 from pathlib import Path
 
 from sqlalchemy import select
@@ -21,6 +22,8 @@ from voice.config import Config
 
 log = logging.getLogger(__name__)
 
+DISK_FULL_BYTES = 64 * 1024  # free space below this when a call ends: the disk was full
+MISSING_GRACE = 2.0  # seconds a recording may fall short of its call before it is reported
 SAMPLE_RATE = 16000  # the conference bridge's clock rate: what the recorder writes
 
 
@@ -64,6 +67,8 @@ class RecordingBook:
         wav = flac.with_suffix(".wav")
         problems = []
         if wav.exists():
+            # Before finalising (the FLAC takes space): was the disk full when the call ended?
+            disk_full = shutil.disk_usage(wav.parent).free < DISK_FULL_BYTES
             done = finalise(wav, flac)
             if done.problem:
                 problems.append(done.problem)
@@ -76,11 +81,17 @@ class RecordingBook:
                 "bytes": done.bytes,
                 "sha256": done.sha256,
             }
-            if call_seconds is not None and call_seconds - done.duration_s > 1.0:
-                lost = call_seconds - done.duration_s
+            lost = (call_seconds or 0.0) - done.duration_s
+            if disk_full and lost > 1.0:
                 problems.append(
                     f"recording stopped at {done.duration_s:.1f} s of {call_seconds:.1f} s "
-                    f"({lost:.1f} s not recorded: the disk was full or unwritable)"
+                    f"({lost:.1f} s not recorded: the disk was full)"
+                )
+            elif call_seconds and lost > max(MISSING_GRACE, 0.1 * call_seconds):
+                # A starved media clock skips frames: audio is missing, the disk is not to blame.
+                problems.append(
+                    f"recording is {lost:.1f} s shorter than the {call_seconds:.1f} s call "
+                    "(audio not recorded: the media clock fell behind)"
                 )
         else:
             values = {"duration_s": 0.0}

@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from accounts.db import make_engine, make_sessions
 from accounts.services import CallJournal, Ledger
@@ -32,7 +34,10 @@ from voice.sip.call import ANSWER_TIMEOUT, SipCall
 from voice.sip.engine import CallIdentity, Events, SipEngine
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
+EVENT_TRIES = 3  # a call event: ~0.75 s of retries, then it is skipped (the call goes on)
+NOTE_TRIES = 8  # the closing note: ~20 s of retries (start-up repair closes what is left)
 RING_TIMEOUT = 45.0  # seconds a call we place may ring before it counts as unanswered
 # A softphone user (Kamailio's registrar) or a phone number (Kamailio's gateway); nothing else
 # may reach a SIP URI we build.
@@ -63,27 +68,49 @@ class AsyncLedger:
 
 
 class CallLog:
-    """The IVR's `Journal` for one call: call events and the closing note, in the database."""
+    """The IVR's `Journal` for one call: call events and the closing note, in the database.
+
+    Bookkeeping must never end a customer's call: a write that fails (SQLite's lock held past
+    its busy timeout on a saturated machine, a database restart) is retried with back-off; an
+    event that still fails is logged and skipped, while the note is retried longest.
+    """
 
     def __init__(self, journal: CallJournal, call_id: int) -> None:
         self._journal = journal
         self.call_id = call_id
 
     async def event(self, kind: str, detail: dict[str, Any]) -> None:
-        await asyncio.to_thread(self._journal.add_event, self.call_id, kind, detail)
+        await self._write(f"event {kind}", EVENT_TRIES, self._journal.add_event, kind, detail)
 
     async def identified(self, account: AccountSummary, how: str) -> None:
-        await asyncio.to_thread(self._journal.set_account, self.call_id, account.id)
+        await self._write("account", EVENT_TRIES, self._journal.set_account, account.id)
         await self.event("identified", {"account": account.number, "how": how})
 
     async def finish(self, status: str, end_reason: str, summary: str) -> None:
-        await asyncio.to_thread(
-            self._journal.finish_call,
-            self.call_id,
-            status=status,
-            end_reason=end_reason,
-            summary=summary,
-        )
+        def finish_call(call_id: int) -> None:
+            self._journal.finish_call(
+                call_id, status=status, end_reason=end_reason, summary=summary
+            )
+
+        await self._write("note", NOTE_TRIES, finish_call)
+
+    async def _write(self, what: str, tries: int, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await retry_db(tries, fn, self.call_id, *args)
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: %s not written after %d tries: %s", self.call_id, what, tries, exc)
+
+
+async def retry_db(tries: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn` in a thread, retried with back-off while the database refuses; the last error out."""
+    for attempt in range(tries):
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except (OperationalError, DBAPIError):
+            if attempt == tries - 1:
+                raise
+            await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -253,7 +280,8 @@ class Worker(Events):
     async def _run_call(self, call: SipCall) -> None:
         outbound = call.identity.outbound
         try:
-            call_id = await asyncio.to_thread(
+            call_id = await retry_db(
+                NOTE_TRIES,
                 self.journal.start_call,
                 direction="outbound" if outbound else "inbound",
                 caller=call.callee if outbound else call.caller,
@@ -263,7 +291,7 @@ class Worker(Events):
             )
             self.call_ids[call.identity.key] = call_id
             if not outbound:
-                await asyncio.to_thread(self.journal.answered, call_id)
+                await retry_db(EVENT_TRIES, self.journal.answered, call_id)
             else:
                 self._background(self._note_answer(call, call_id))
             await self._start_recording(call, call_id)
