@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_TIME_MS = 20  # owner thread: longest wait in libHandleEvents before serving submitted
-# work. SIP and media events wake it at once; 5 ms cost an idle worker ~1 % of a core.
+# work. SIP events wake it at once; a shorter wait only burns CPU in idle workers.
 RECORDER_GRACE = 0.5  # seconds between unplugging a recorder and closing its file
 PORT_GRACE = 5.0  # seconds before a call's media port serves another call
 SHUTDOWN_GRACE = 3.0  # seconds to let BYEs go out before libDestroy
