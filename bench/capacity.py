@@ -30,12 +30,10 @@ import contextlib
 import csv
 import math
 import os
-import random
 import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +51,13 @@ sys.path.insert(0, str(REPO))
 from sqlalchemy import func, select  # noqa: E402
 
 from accounts.models import Call, CallEvent  # noqa: E402
-from tests.integration.conftest import Server, free_port, start_server, stop_server  # noqa: E402
+from tests.integration.conftest import (  # noqa: E402
+    Server,
+    free_port,
+    free_port_block,
+    start_server,
+    stop_server,
+)
 from voice.config import from_mapping  # noqa: E402
 from voice.procinfo import Usage, usage  # noqa: E402
 
@@ -76,25 +80,6 @@ MEMORY_KEYS = ("pss_kb", "uss_kb", "rss_kb")
 
 
 # -- ports and processes ----------------------------------------------------------------------
-
-
-def free_block(count: int, low: int = 20000, high: int = 32000) -> int:
-    """First of `count` consecutive UDP ports free on 127.0.0.1, below the ephemeral range."""
-    for _ in range(200):
-        base = random.randrange(low, high - count)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no block of {count} free UDP ports")
 
 
 def group_usage(pgid: int, memory: bool = True) -> tuple[int, float, int]:
@@ -156,7 +141,7 @@ def run_caller(
     workdir.mkdir(parents=True)
     args = [
         *("sipp", "-sf", str(CALLER_SCENARIO), "-key", "caller", KNOWN, "-s", "ivr"),
-        *("-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_block(4))),
+        *("-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port_block(4))),
         *("-m", str(calls), "-l", str(calls), "-r", f"{rate:g}", "-d", str(hold_ms)),
         *("-timeout", f"{math.ceil(time_limit)}s", "-timeout_error", "-nostdin"),
         *("-trace_err", "-error_file", "errors.log", "-trace_stat", "-stf", "stat.csv"),
@@ -551,7 +536,7 @@ def reference_uas(workdir: Path, budget_s: float) -> Iterator[tuple[int, int]]:
     uas = subprocess.Popen(
         [
             *("sipp", "-sf", str(UAS_SCENARIO), "-aa", "-i", "127.0.0.1"),
-            *("-p", str(uas_port), "-mp", str(free_block(4)), "-nostdin"),
+            *("-p", str(uas_port), "-mp", str(free_port_block(4)), "-nostdin"),
             *("-timeout", f"{math.ceil(budget_s)}s", "-trace_err", "-error_file", "errors.log"),
         ],
         cwd=workdir,
@@ -965,7 +950,7 @@ def print_usage(out: Results) -> None:
 
 def fleet_env(plan: Plan, database_url: str | None) -> dict[str, str]:
     rtp_ports = MIN_RTP_PORTS * plan.workers
-    base = free_block(plan.workers + rtp_ports)
+    base = free_port_block(plan.workers + rtp_ports)
     env = {
         "VOICE_WORKERS_COUNT": str(plan.workers),
         "VOICE_WORKERS_SIP_PORT": str(base),

@@ -81,25 +81,16 @@ def main() -> int:
             # Capacity: 4 calls held at once, then one more.
             import subprocess
 
-            from tests.integration.conftest import PJUA, free_port
+            from tests.integration.conftest import ua_command
 
             held = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(PJUA),
-                    "--target",
-                    f"sip:ivr@127.0.0.1:{server.sip_port}",
-                    "--sip-port",
-                    str(free_port()),
-                    "--rtp-port",
-                    "34000",
-                    "--calls",
-                    "4",
-                    "--steps",
+                ua_command(
+                    server,
                     "audio;dtmf:1;audio;wait:3;hangup",
-                    "--timeout",
-                    "30",
-                ],
+                    calls=4,
+                    timeout=30,
+                    rtp_port=34000,
+                ),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )

@@ -72,8 +72,7 @@ class RecordingBook:
             done = finalise(wav, flac)
             if done.problem:
                 problems.append(done.problem)
-            stored_path = path_for(rec.path, self.root)
-            rel = rec.path if done.path == stored_path else rec.path[: -len("flac")] + "wav"
+            rel = rec.path if done.path == flac else rec.path[: -len("flac")] + "wav"
             values = {
                 "path": rel,
                 "format": done.format,

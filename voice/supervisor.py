@@ -275,16 +275,30 @@ class Supervisor:
     async def _ask(self, worker: WorkerState, op: str, **args: Any) -> dict[str, Any]:
         return await control.request(worker.spec.control_path, op, HEALTH_TIMEOUT, **args)
 
-    async def health(self) -> dict[str, Any]:
+    async def _healths(self) -> dict[str, dict[str, Any]]:
+        """Each live worker's health answer, by name; a worker that does not answer is absent."""
         live = [w for w in self.workers.values() if w.alive]
         answers = await asyncio.gather(
             *(self._ask(w, "health") for w in live), return_exceptions=True
         )
-        by_name = {w.spec.name: a for w, a in zip(live, answers, strict=True)}
+        return {w.spec.name: a for w, a in zip(live, answers, strict=True) if isinstance(a, dict)}
+
+    async def _ask_holder(self, call_id: int, op: str, **args: Any) -> tuple[str, dict[str, Any]]:
+        """Send `op` to whichever live worker holds `call_id`: (its name, its reply)."""
+        for worker in self.workers.values():
+            if worker.alive:
+                with contextlib.suppress(control.ControlError):
+                    reply = await self._ask(worker, op, call_id=call_id, **args)
+                    reply.pop("ok", None)
+                    return worker.spec.name, reply
+        raise LookupError(f"no worker holds call {call_id}")
+
+    async def health(self) -> dict[str, Any]:
+        by_name = await self._healths()
         workers = []
         for worker in self.workers.values():
             answer = by_name.get(worker.spec.name)
-            ready = isinstance(answer, dict)
+            ready = answer is not None
             use = procinfo.usage(worker.pid) if worker.pid else None
             workers.append(
                 {
@@ -327,14 +341,10 @@ class Supervisor:
 
     async def dial(self, to: str) -> dict[str, Any]:
         """Place a call on the least busy worker that has a free slot."""
-        live = [w for w in self.workers.values() if w.alive]
-        answers = await asyncio.gather(
-            *(self._ask(w, "health") for w in live), return_exceptions=True
-        )
         free = sorted(
-            (a["calls"], w.spec.name)
-            for w, a in zip(live, answers, strict=True)
-            if isinstance(a, dict) and not a["draining"] and a["calls"] < a["max_calls"]
+            (a["calls"], name)
+            for name, a in (await self._healths()).items()
+            if not a["draining"] and a["calls"] < a["max_calls"]
         )
         if not free:
             raise RuntimeError("no call worker has a free slot")
@@ -344,20 +354,12 @@ class Supervisor:
 
     async def pause_recording(self, call_id: int, paused: bool) -> dict[str, Any]:
         """PCI pause/resume on whichever worker holds the call."""
-        for worker in self.workers.values():
-            if worker.alive:
-                with contextlib.suppress(control.ControlError):
-                    reply = await self._ask(
-                        worker, "pause_recording", call_id=call_id, paused=paused
-                    )
-                    reply.pop("ok", None)
-                    return reply
-        raise LookupError(f"no recording in progress for call {call_id}")
+        try:
+            _, reply = await self._ask_holder(call_id, "pause_recording", paused=paused)
+        except LookupError:
+            raise LookupError(f"no recording in progress for call {call_id}") from None
+        return reply
 
     async def hangup(self, call_id: int) -> dict[str, Any]:
-        for worker in self.workers.values():
-            if worker.alive:
-                with contextlib.suppress(control.ControlError):
-                    await self._ask(worker, "hangup", call_id=call_id)
-                    return {"worker": worker.spec.name, "call_id": call_id}
-        raise LookupError(f"no worker holds call {call_id}")
+        name, _ = await self._ask_holder(call_id, "hangup")
+        return {"worker": name, "call_id": call_id}

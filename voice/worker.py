@@ -207,11 +207,15 @@ class Worker(Events):
         }
 
     async def hangup(self, call_id: int) -> dict[str, Any]:
-        for key, known in self.call_ids.items():
-            if known == call_id and (call := self.calls.get(key)):
-                await call.hangup()
-                return {"call_id": call_id}
-        raise LookupError(f"no call {call_id} on {self.name}")
+        key = self._key_of(call_id)
+        if key is None or (call := self.calls.get(key)) is None:
+            raise LookupError(f"no call {call_id} on {self.name}")
+        await call.hangup()
+        return {"call_id": call_id}
+
+    def _key_of(self, call_id: int) -> int | None:
+        """The engine key of the journaled call `call_id`, if this worker holds it."""
+        return next((key for key, known in self.call_ids.items() if known == call_id), None)
 
     async def dial(self, to: str) -> dict[str, Any]:
         """Call a softphone user or a phone number through Kamailio and run the IVR for them."""
@@ -353,14 +357,13 @@ class Worker(Events):
     async def pause_recording(self, call_id: int, paused: bool) -> dict[str, Any]:
         """PCI: silence into the recording while card details are given, and mark the gap."""
         assert self.engine is not None
-        for key, known in self.call_ids.items():
-            if known == call_id and (rec := self.recordings.get(key)):
-                if not await self.engine.pause_recording(key, bool(paused)):
-                    break
-                at = round(time.monotonic() - rec.started, 2)
-                await asyncio.to_thread(self.book.mark_pause, rec.recording_id, at, bool(paused))
-                return {"call_id": call_id, "paused": bool(paused), "at_s": at}
-        raise LookupError(f"no recording in progress for call {call_id} on {self.name}")
+        key = self._key_of(call_id)
+        rec = self.recordings.get(key) if key is not None else None
+        if rec is None or not await self.engine.pause_recording(key, bool(paused)):
+            raise LookupError(f"no recording in progress for call {call_id} on {self.name}")
+        at = round(time.monotonic() - rec.started, 2)
+        await asyncio.to_thread(self.book.mark_pause, rec.recording_id, at, bool(paused))
+        return {"call_id": call_id, "paused": bool(paused), "at_s": at}
 
     async def _note_answer(self, call: SipCall, call_id: int) -> None:
         if await call.wait_answered():

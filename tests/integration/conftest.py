@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,6 +46,25 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         except OSError:
             continue
     raise RuntimeError("no free port")
+
+
+def free_port_block(count: int, low: int = 20000, high: int = 32000) -> int:
+    """First of `count` consecutive UDP ports free on 127.0.0.1, below the ephemeral range."""
+    for _ in range(200):
+        base = random.randrange(low, high - count)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {count} free UDP ports")
 
 
 def sip_options(port: int, timeout: float = 0.5) -> str | None:
@@ -176,7 +197,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 _ua_ports = iter(range(0, 10_000))
 
 
-def run_ua(
+def ua_command(
     server: Server,
     steps: str,
     *,
@@ -186,9 +207,11 @@ def run_ua(
     record: Path | None = None,
     timeout: float = 60.0,
     codec: str = "G722/16000",
-) -> list[dict[str, object]]:
-    """Run the scripted pjsua2 UA in its own process; one report per call."""
-    n = next(_ua_ports)
+    rtp_port: int | None = None,
+) -> list[str]:
+    """The command line of the scripted pjsua2 UA calling `server` (its own process)."""
+    if rtp_port is None:
+        rtp_port = 31000 + next(_ua_ports) * 20
     cmd = [
         sys.executable,
         str(PJUA),
@@ -199,7 +222,7 @@ def run_ua(
         "--sip-port",
         str(free_port()),
         "--rtp-port",
-        str(31000 + n * 20),
+        str(rtp_port),
         "--calls",
         str(calls),
         "--dtmf-method",
@@ -213,12 +236,28 @@ def run_ua(
     ]
     if record is not None:
         cmd += ["--record", str(record)]
+    return cmd
+
+
+def run_ua(server: Server, steps: str, **options: Any) -> list[dict[str, object]]:
+    """Run the scripted pjsua2 UA to the end; one report per call (see `ua_command`)."""
+    calls = options.get("calls", 1)
+    timeout = options.get("timeout", 60.0)
+    cmd = ua_command(server, steps, **options)
     out = subprocess.run(cmd, capture_output=True, timeout=timeout + 30, check=False)
     reports = [
         json.loads(line) for line in out.stdout.decode().splitlines() if line.startswith("{")
     ]
     assert len(reports) == calls, out.stderr.decode()[-3000:]
     return reports
+
+
+def start_ua(server: Server, steps: str, log: Path, **options: Any) -> subprocess.Popen[bytes]:
+    """Start the scripted UA in the background, its output to `log`; the caller ends it."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            ua_command(server, steps, **options), stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def require_sipp() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
-import sys
 import time
 import uuid
 
@@ -14,12 +13,12 @@ from sqlalchemy import func, select
 from accounts.db import make_engine, make_sessions
 from accounts.models import Call
 from tests.integration.conftest import (
-    PJUA,
     Server,
     free_port,
     last_call_id,
     run_ua,
     sip_options,
+    ua_command,
     wait_for,
 )
 
@@ -155,24 +154,9 @@ def invite(port: int) -> tuple[int, str]:
 def test_fifth_simultaneous_call_is_refused_cleanly(server: Server) -> None:
     pid = worker_pid(server)
     ua = subprocess.Popen(
-        [
-            sys.executable,
-            str(PJUA),
-            "--target",
-            f"sip:ivr@127.0.0.1:{server.sip_port}",
-            "--caller",
-            KNOWN,
-            "--sip-port",
-            str(free_port()),
-            "--rtp-port",
-            "33000",
-            "--calls",
-            "4",
-            "--steps",
-            "audio;wait:6;hangup",
-            "--timeout",
-            "40",
-        ],
+        ua_command(
+            server, "audio;wait:6;hangup", caller=KNOWN, calls=4, timeout=40, rtp_port=33000
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

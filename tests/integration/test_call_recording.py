@@ -7,6 +7,8 @@ import datetime as dt
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 import wave
 from pathlib import Path
@@ -21,10 +23,12 @@ from accounts.models import AuditEntry, Call, Note, Recording
 from recordings.paths import path_for
 from tests.integration.audio import match_in_order
 from tests.integration.conftest import (
+    REPO,
     Server,
     last_call_id,
     run_ua,
     start_server,
+    start_ua,
     stop_server,
     wait_for,
 )
@@ -136,7 +140,14 @@ def test_worker_killed_mid_call_leaves_a_playable_interrupted_recording(
 ) -> None:
     server = start_server(tmp_path / "voice", {"VOICE_WORKERS_RESTART_DELAY": "0.2"})
     try:
-        ua = run_ua_background(server, tmp_path)
+        ua = start_ua(
+            server,
+            "audio;wait:3;dtmf:1;wait:60;hangup",
+            tmp_path / "ua.out",
+            caller=KNOWN,
+            timeout=90,
+        )
+        dialled_at = time.monotonic()
         call_id = wait_for(lambda: _identified_call(server), 20)
         assert call_id, server.log()[-3000:]
         time.sleep(4.0)  # the call runs: greeting, menu, balance
@@ -145,14 +156,14 @@ def test_worker_killed_mid_call_leaves_a_playable_interrupted_recording(
         os.kill(worker["pid"], signal.SIGKILL)
         rec = closed_recording(server, call_id)
         ua.kill()
-        ua.wait()
+        ua.wait(30)
         call = call_row(server, call_id)
         assert call.status == "interrupted" and "killed by signal 9" in (call.end_reason or "")
         assert rec.status == "interrupted" and rec.format == "flac"
         file = path_for(rec, server.data_dir / "recordings")
         audio, rate = soundfile.read(file, dtype="int16")  # it plays
         assert hashlib.sha256(file.read_bytes()).hexdigest() == rec.sha256
-        lived = killed_at - ua.started_at
+        lived = killed_at - dialled_at
         # The call lived `lived` seconds from the UA's dial; the recording starts at answer
         # and loses at most the writer's last 4 KB buffer (0.13 s) to the kill.
         assert lived - 1.5 < rec.duration_s <= lived, (rec.duration_s, lived)
@@ -199,45 +210,6 @@ def test_a_full_disk_loses_the_rest_of_the_recording_not_the_call(tmp_path: Path
             stop_server(server)
 
 
-class _Background:
-    def __init__(self, proc: object, started_at: float) -> None:
-        self.proc = proc
-        self.started_at = started_at
-
-    def kill(self) -> None:
-        self.proc.kill()  # type: ignore[attr-defined]
-
-    def wait(self) -> None:
-        self.proc.wait(30)  # type: ignore[attr-defined]
-
-
-def run_ua_background(server: Server, tmp_path: Path) -> _Background:
-    import subprocess
-    import sys
-
-    from tests.integration.conftest import PJUA, free_port
-
-    cmd = [
-        sys.executable,
-        str(PJUA),
-        "--target",
-        f"sip:ivr@127.0.0.1:{server.sip_port}",
-        "--caller",
-        KNOWN,
-        "--sip-port",
-        str(free_port()),
-        "--rtp-port",
-        "33800",
-        "--steps",
-        "audio;wait:3;dtmf:1;wait:60;hangup",
-        "--timeout",
-        "90",
-    ]
-    with (tmp_path / "ua.out").open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    return _Background(proc, time.monotonic())
-
-
 def _identified_call(server: Server) -> int | None:
     with server.session() as session:
         return session.scalar(
@@ -248,11 +220,6 @@ def _identified_call(server: Server) -> int | None:
 def test_pci_pause_through_the_api_records_silence_and_marks_the_gap(
     server: Server, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    import subprocess
-    import sys
-
-    from tests.integration.conftest import PJUA, REPO, free_port
-
     added = subprocess.run(
         [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml")]
         + ["users", "add", "pat", "--role", "supervisor"],
@@ -269,24 +236,9 @@ def test_pci_pause_through_the_api_records_silence_and_marks_the_gap(
     )
     request.addfinalizer(api.close)
     voice = caller_voice(tmp_path / "voice.wav", 12.0)  # the caller talks all along
-    cmd = [
-        sys.executable,
-        str(PJUA),
-        "--target",
-        f"sip:ivr@127.0.0.1:{server.sip_port}",
-        "--caller",
-        KNOWN,
-        "--sip-port",
-        str(free_port()),
-        "--rtp-port",
-        "33900",
-        "--steps",
-        f"audio;say:{voice};wait:9;hangup",
-        "--timeout",
-        "40",
-    ]
-    with (tmp_path / "ua.out").open("wb") as out:
-        ua = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    ua = start_ua(
+        server, f"audio;say:{voice};wait:9;hangup", tmp_path / "ua.out", caller=KNOWN, timeout=40
+    )
     try:
         call_id = wait_for(lambda: _identified_call(server), 20)
         assert call_id

@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from tests.integration.conftest import (
     REPO,
     Server,
     free_port,
+    free_port_block,
     require_sipp,
     start_server,
     stop_server,
@@ -40,25 +40,6 @@ pytestmark = pytest.mark.skipif(
     not Path("/usr/sbin/kamailio").exists() and not os.environ.get("CI"),
     reason="Kamailio is not installed (make test installs it)",
 )
-
-
-def free_port_block(count: int) -> int:
-    """The first of `count` consecutive ports free for UDP on 127.0.0.1."""
-    for _ in range(100):
-        base = random.randrange(20000, 30000 - count)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
 
 
 def fleet_env(workers: int, **extra: str) -> dict[str, str]:
@@ -400,31 +381,9 @@ def test_the_vosk_model_is_loaded_once_for_the_whole_fleet(tmp_path: Path) -> No
 
 def start_baresip(folder: Path, user: str, password: str, registrar_port: int) -> subprocess.Popen:
     """baresip-core headless: auto-answer, a tone as microphone, registered with `password`."""
-    from tests.integration.test_kamailio import write_tone
+    from tests.integration.test_kamailio import write_baresip_profile
 
-    folder.mkdir()
-    tone = folder / "tone.wav"
-    write_tone(tone, seconds=60)  # aufile hangs up when its file ends
-    rtp = free_port_block(41)
-    lines = [
-        "poll_method epoll",
-        f"sip_listen 127.0.0.1:{free_port()}",
-        "net_interface 127.0.0.1",
-        "audio_player aubridge,nil",
-        f"audio_source aufile,{tone}",
-        "audio_alert aubridge,nil",
-        "module_path /usr/lib/baresip/modules",
-        "module g711.so",
-        "module aufile.so",
-        "module aubridge.so",
-        "module_app account.so",
-        f"rtp_ports {rtp}-{rtp + 40}",
-    ]
-    (folder / "config").write_text("\n".join(lines) + "\n")
-    (folder / "accounts").write_text(
-        f"<sip:{user}@127.0.0.1:{registrar_port}>;auth_pass={password};"
-        "answermode=auto;regint=60\n"
-    )
+    write_baresip_profile(folder, user, password, registrar_port)
     with (folder / "out.log").open("wb") as out:
         return subprocess.Popen(
             ["baresip", "-f", str(folder)], stdout=out, stderr=subprocess.STDOUT, cwd=folder

@@ -553,6 +553,44 @@ def write_tone(path: Path, seconds: int) -> None:
         out.writeframes(frames)
 
 
+def write_baresip_profile(
+    folder: Path, user: str, password: str, registrar_port: int, ctrl_port: int | None = None
+) -> int:
+    """A headless baresip-core profile in `folder`: auto-answer, a tone file as microphone, no
+    sound card, registered as `user` at 127.0.0.1:`registrar_port`. Returns its SIP port.
+    With `ctrl_port`, commands (e.g. dial) are taken as JSON netstrings over TCP there."""
+    folder.mkdir()
+    sip_port, rtp = free_port(), free_port()
+    tone = folder / "tone.wav"
+    write_tone(tone, seconds=60)  # aufile hangs up when its file ends
+    lines = [
+        "poll_method epoll",
+        f"sip_listen 127.0.0.1:{sip_port}",
+        "net_interface 127.0.0.1",
+        "audio_player aubridge,nil",
+        f"audio_source aufile,{tone}",
+        "audio_alert aubridge,nil",
+        "module_path /usr/lib/baresip/modules",
+        "module g711.so",
+        "module aufile.so",
+        "module aubridge.so",
+        "module_app account.so",
+        f"rtp_ports {rtp}-{min(rtp + 40, 65535)}",  # baresip tries ports within
+    ]
+    if ctrl_port is not None:
+        lines += [
+            "module_app menu.so",  # provides the dial command
+            "module_app ctrl_tcp.so",
+            f"ctrl_tcp_listen 127.0.0.1:{ctrl_port}",
+        ]
+    (folder / "config").write_text("\n".join(lines) + "\n")
+    (folder / "accounts").write_text(
+        f"<sip:{user}@127.0.0.1:{registrar_port}>;auth_pass={password};"
+        "answermode=auto;regint=60\n"
+    )
+    return sip_port
+
+
 class Baresip:
     """baresip-core headless: auto-answer, a tone file as microphone, no sound card."""
 
@@ -564,35 +602,8 @@ class Baresip:
         self.peer: Peer | None = None
 
     async def start(self) -> Peer:
-        self.folder.mkdir()
-        sip_port, rtp = free_port(), free_port()
-        tone = self.folder / "tone.wav"
-        write_tone(tone, seconds=60)  # aufile hangs up when its file ends
-        (self.folder / "config").write_text(
-            "\n".join(
-                [
-                    "poll_method epoll",
-                    f"sip_listen 127.0.0.1:{sip_port}",
-                    "net_interface 127.0.0.1",
-                    "audio_player aubridge,nil",
-                    f"audio_source aufile,{tone}",
-                    "audio_alert aubridge,nil",
-                    "module_path /usr/lib/baresip/modules",
-                    "module g711.so",
-                    "module aufile.so",
-                    "module aubridge.so",
-                    "module_app account.so",
-                    "module_app menu.so",  # provides the dial command
-                    "module_app ctrl_tcp.so",
-                    f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
-                    f"rtp_ports {rtp}-{min(rtp + 40, 65535)}",  # baresip tries ports within
-                ]
-            )
-            + "\n"
-        )
-        (self.folder / "accounts").write_text(
-            f"<sip:{self.user}@127.0.0.1:{self.registrar_port}>;auth_pass={self.password};"
-            "answermode=auto;regint=60\n"
+        sip_port = write_baresip_profile(
+            self.folder, self.user, self.password, self.registrar_port, self.ctrl_port
         )
         out = self.folder / "out.log"
         self.peer = await self.lab._spawn(

@@ -78,27 +78,32 @@ def add_note(sessions: sessionmaker[Session], number: str, body: str) -> int:
         return note.id
 
 
+def _add_call(session: Session, number: str, status: str) -> Call:
+    """An inbound IVR call from the demo caller on account `number`."""
+    account_id = session.scalar(select(Account.id).where(Account.number == number))
+    call = Call(
+        direction="inbound",
+        caller="+12125550101",
+        callee="ivr",
+        account_id=account_id,
+        worker="w0",
+        sip_call_id=f"{status}-{number}",
+        status=status,
+    )
+    session.add(call)
+    session.flush()
+    return call
+
+
 def add_live_call(sessions: sessionmaker[Session], number: str) -> int:
     """A call in progress on account `number` (for the calls-in-progress endpoints)."""
     with sessions.begin() as session:
-        account_id = session.scalar(select(Account.id).where(Account.number == number))
-        call = Call(
-            direction="inbound",
-            caller="+12125550101",
-            callee="ivr",
-            account_id=account_id,
-            worker="w0",
-            sip_call_id=f"live-{number}",
-            status="in_progress",
-        )
-        session.add(call)
-        session.flush()
-        return call.id
+        return _add_call(session, number, "in_progress").id
 
 
 class FakeFleet:
     """Stands in for the supervisor's control channel: the role matrix is about who may ask;
-    tests/integration/test_recordings.py proves a real worker pauses a real recording."""
+    tests/integration/test_call_recording.py proves a real worker pauses a real recording."""
 
     def __init__(self) -> None:
         self.asked: list[tuple[int, bool]] = []
@@ -111,18 +116,7 @@ class FakeFleet:
 def add_recording(sessions: sessionmaker[Session], root: Path, number: str) -> int:
     """A finished call on account `number` with a final recording: a real FLAC under `root`."""
     with sessions.begin() as session:
-        account_id = session.scalar(select(Account.id).where(Account.number == number))
-        call = Call(
-            direction="inbound",
-            caller="+12125550101",
-            callee="ivr",
-            account_id=account_id,
-            worker="w0",
-            sip_call_id=f"rec-{number}",
-            status="completed",
-        )
-        session.add(call)
-        session.flush()
+        call = _add_call(session, number, "completed")
         rec = Recording(call_id=call.id, path="pending", sample_rate=16000, status="final")
         session.add(rec)
         session.flush()
