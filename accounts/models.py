@@ -18,6 +18,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -130,10 +131,13 @@ class Payment(Base):
 
 CALL_DIRECTIONS = ("inbound", "outbound")
 CALL_STATUSES = ("in_progress", "completed", "interrupted", "failed")
+CALLS_BY_ACCOUNT = "ix_calls_account_direction_started"
 
 
 class Call(Base):
     __tablename__ = "calls"
+    # Outbound guardrails count an account's recent calls (voice/routing/guardrails.py).
+    __table_args__ = (Index(CALLS_BY_ACCOUNT, "account_id", "direction", "started_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     direction: Mapped[str] = mapped_column(String(8))
@@ -377,3 +381,46 @@ for _ddl in (
     ).execute_if(dialect="postgresql"),
 ):
     event.listen(AuditEntry.__table__, "after_create", _ddl)
+
+
+# What a collector marks a call as (accounts/outcomes.py). A right-party contact is a
+# conversation with the customer; the outbound guardrails pause calling after one.
+OUTCOME_KINDS = ("reached", "no_answer", "left_message", "promise_to_pay", "dispute", "follow_up")
+RIGHT_PARTY_OUTCOMES = ("reached", "promise_to_pay", "dispute", "follow_up")
+
+
+class CallOutcome(Base):
+    """How a call went, as marked by a collector. A call may be marked again (a correction):
+    every marking is kept, the latest (highest id) counts. `amount_cents` and `currency`
+    (the account's) belong to promise_to_pay; `promise_date` to promise_to_pay;
+    `follow_up_date` to follow_up. `collector_id` is the account's collector when marked;
+    `note_id` the outcome note filed on the account with it."""
+
+    __tablename__ = "call_outcomes"
+    __table_args__ = (Index("ix_call_outcomes_account", "account_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    collector_id: Mapped[int | None] = mapped_column(ForeignKey("collectors.id"))
+    user: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount_cents: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    promise_date: Mapped[dt.date | None] = mapped_column(Date)
+    follow_up_date: Mapped[dt.date | None] = mapped_column(Date)
+    text: Mapped[str | None] = mapped_column(Text)
+    note_id: Mapped[int | None] = mapped_column(ForeignKey("notes.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+# create_all adds indexes only with a new table: a database made before the calls index
+# existed gets it when call_outcomes is created in it (a no-op on a new database).
+event.listen(
+    CallOutcome.__table__,
+    "after_create",
+    DDL(
+        f"CREATE INDEX IF NOT EXISTS {CALLS_BY_ACCOUNT} "
+        "ON calls (account_id, direction, started_at)"
+    ),
+)

@@ -7,6 +7,7 @@ Loaded once at start-up. An unknown key, a wrong type or an out-of-range value r
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -227,6 +228,59 @@ class WebhookConfig:
         _check_range("webhook.batch", self.batch, 1, 1000)
 
 
+# An allowed destination: "+" and digits, optionally ending in "*" (any further digits).
+_DESTINATION_PATTERN = re.compile(r"\+(?:[1-9][0-9]{0,14})?\*|\+[1-9][0-9]{1,14}")
+_CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
+@dataclass(frozen=True)
+class GuardrailsConfig:
+    """Rules every outbound call is checked against (voice/routing/guardrails.py)."""
+
+    enabled: bool = True
+    calling_hours_start: str = "08:00"
+    calling_hours_end: str = "21:00"
+    max_attempts: int = 7
+    attempt_window_days: int = 7
+    quiet_days_after_conversation: int = 7
+    allowed_destinations: tuple[str, ...] = ("+1*",)
+    caller_id: str = ""
+
+    def validate(self) -> None:
+        start = _clock_time("guardrails.calling_hours_start", self.calling_hours_start)
+        end = _clock_time("guardrails.calling_hours_end", self.calling_hours_end)
+        if start >= end:
+            raise ConfigError(
+                f"guardrails.calling_hours_end: {self.calling_hours_end!r} must be later than "
+                f"calling_hours_start {self.calling_hours_start!r} (same day)"
+            )
+        _check_range("guardrails.max_attempts", self.max_attempts, 1, 100)
+        _check_range("guardrails.attempt_window_days", self.attempt_window_days, 1, 31)
+        _check_range(
+            "guardrails.quiet_days_after_conversation", self.quiet_days_after_conversation, 0, 31
+        )
+        for pattern in self.allowed_destinations:
+            if not _DESTINATION_PATTERN.fullmatch(pattern):
+                raise ConfigError(
+                    f"guardrails.allowed_destinations: {pattern!r} is not '+' and digits, "
+                    f"optionally ending in '*' (e.g. '+1*', '+4420*', '+12125550101')"
+                )
+        if self.caller_id and not _E164.fullmatch(self.caller_id):
+            raise ConfigError(
+                f'guardrails.caller_id: expected an E.164 number like +12125550100 or "", '
+                f"got {self.caller_id!r}"
+            )
+
+    @property
+    def hours(self) -> tuple[dt.time, dt.time]:
+        """Calling hours as (start, end): calls may start at `start` and before `end`."""
+        return (
+            _clock_time("guardrails.calling_hours_start", self.calling_hours_start),
+            _clock_time("guardrails.calling_hours_end", self.calling_hours_end),
+        )
+
+
 @dataclass(frozen=True)
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
@@ -241,6 +295,7 @@ class Config:
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    guardrails: GuardrailsConfig = field(default_factory=GuardrailsConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -379,6 +434,13 @@ def _parse_env(key: str, typ: Any, text: str) -> Any:
     except ValueError:
         raise ConfigError(f"{where}: expected {typ.__name__}, got {text!r}") from None
     return text
+
+
+def _clock_time(key: str, value: str) -> dt.time:
+    match = _CLOCK_TIME.fullmatch(value)
+    if match is None:
+        raise ConfigError(f"{key}: expected a 24-hour time HH:MM, got {value!r}")
+    return dt.time(int(match[1]), int(match[2]))
 
 
 def _check_range(key: str, value: float, low: float, high: float) -> None:

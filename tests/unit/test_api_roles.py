@@ -88,6 +88,23 @@ ENDPOINTS = [
     Endpoint("POST", "/api/recordings/{recording_id}/verify", KEEPERS, "recording.verify"),
     Endpoint("PUT", "/api/recordings/{recording_id}/hold", KEEPERS, "recording.hold", json=HOLD),
     Endpoint("DELETE", "/api/recordings/{recording_id}/hold", KEEPERS, "recording.release"),
+    Endpoint(
+        "POST",
+        "/api/calls/{call_id}/outcome",
+        ("collector", "supervisor", "admin"),
+        "call.outcome",
+        ok=201,
+        scoped=True,
+        json={"kind": "reached"},
+    ),
+    Endpoint("GET", "/api/followups", ("collector", "supervisor", "admin"), "followups.list"),
+    Endpoint(
+        "GET",
+        "/api/accounts/{number}/callable",
+        ("collector", "supervisor", "admin"),
+        "account.callable",
+        scoped=True,
+    ),
     Endpoint("GET", "/api/openapi.json", (), None, public=True),
 ]
 

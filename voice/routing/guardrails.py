@@ -1,0 +1,236 @@
+"""Outbound call guardrails: may this account be called now, at this number?
+
+`Guardrails(cfg, sessions, clock).check(account_id, "+13125550100")` returns None (call) or a
+`Refusal` naming the rule, the HTTP status an API answers with, and a reason that says when
+calling becomes allowed. Every refusal is logged here; `record_refusal` adds it to the audit
+log for a caller that acts for a user. The clock is injected: tests fix it.
+
+How the rules (`[guardrails]` in config.toml) are read here, first failing rule wins:
+
+1. destination_not_allowed (403): the number is not E.164 or matches none of
+   `allowed_destinations` ("+" and digits, a trailing "*" for any further digits). Toll-fraud
+   protection: it applies even with `enabled = false`.
+2. calling_hours (409): a call may start from `calling_hours_start` until before
+   `calling_hours_end` (20:59 yes, 21:00 no), local time in the account's IANA `timezone`
+   (12 CFR 1006.6(b)(1)(i)). An account whose time zone is unknown is refused: its local time
+   cannot be known.
+3. recent_conversation (409): no call for `quiet_days_after_conversation` calendar days after
+   a conversation, the conversation's local day being day 1 (12 CFR 1006.14(b)(2)(ii)): with
+   7, a conversation on Monday refuses calls through Sunday. A conversation is an outbound call
+   on the account whose latest outcome (accounts/outcomes.py) is a right-party contact:
+   reached, promise_to_pay, dispute or follow_up. Inbound calls never count (the issue:
+   "inbound calls do not count"), nor does a call nobody marked.
+4. attempt_limit (409): at most `max_attempts` outbound calls to the account within
+   `attempt_window_days` calendar days, today included (12 CFR 1006.14(b)(2)(i)). Every
+   outbound call row counts, answered or not; inbound calls never do.
+
+Days are calendar days in the account's time zone, as the regulation counts them; so a DST
+change never stretches or shrinks a window. A time a refusal names as "allowed from" is when
+the rule stops refusing (a later rule may still refuse then).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from accounts import audit
+from accounts.models import Account, Call, utcnow
+from accounts.outcomes import last_conversation
+from accounts.services import UnknownAccount
+from voice.config import GuardrailsConfig
+
+log = logging.getLogger(__name__)
+
+REFUSED = "call.refused"  # audit action of `record_refusal`
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+Clock = Callable[[], dt.datetime]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    rule: str  # calling_hours, attempt_limit, recent_conversation, destination_not_allowed
+    status: int  # 409: not now; 403: never to this number
+    reason: str
+    allowed_from: dt.datetime | None = None  # UTC; None: waiting does not help
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "status": self.status,
+            "reason": self.reason,
+            "allowed_from": self.allowed_from.isoformat() if self.allowed_from else None,
+        }
+
+
+def destination_allowed(patterns: tuple[str, ...], e164: str) -> bool:
+    """Does `e164` match one of `patterns` (exact, or a prefix before a trailing "*")?"""
+    if not _E164.fullmatch(e164):
+        return False
+    return any(e164.startswith(p[:-1]) if p.endswith("*") else e164 == p for p in patterns)
+
+
+def check_destination(cfg: GuardrailsConfig, e164: str) -> Refusal | None:
+    if destination_allowed(cfg.allowed_destinations, e164):
+        return None
+    if not _E164.fullmatch(e164):
+        reason = f"destination {e164!r} is not an E.164 number (+ and up to 15 digits)"
+    else:
+        allowed = ", ".join(cfg.allowed_destinations) or "none"
+        reason = f"destination {e164} is not in guardrails.allowed_destinations ({allowed})"
+    return Refusal("destination_not_allowed", 403, reason)
+
+
+def check_hours(cfg: GuardrailsConfig, zone: ZoneInfo, now: dt.datetime) -> Refusal | None:
+    start, end = cfg.hours
+    local = now.astimezone(zone)
+    if start <= local.time() < end:
+        return None
+    day = local.date() if local.time() < start else local.date() + dt.timedelta(days=1)
+    allowed = _local(day, start, zone)
+    reason = (
+        f"outside calling hours {cfg.calling_hours_start}-{cfg.calling_hours_end} {zone.key} "
+        f"(now {local:%H:%M} there); allowed from {_when(allowed, zone)}"
+    )
+    return Refusal("calling_hours", 409, reason, allowed)
+
+
+class Guardrails:
+    """The rules of `cfg` over the calls in the database, at the time `clock` says."""
+
+    def __init__(
+        self, cfg: GuardrailsConfig, sessions: sessionmaker[Session], clock: Clock = utcnow
+    ) -> None:
+        self._cfg = cfg
+        self._sessions = sessions
+        self._clock = clock
+
+    def check(self, account_id: int, destination_e164: str) -> Refusal | None:
+        """May the account be called at this number now? None: yes. UnknownAccount if none."""
+        refusal = check_destination(self._cfg, destination_e164) or self._account(account_id)
+        if refusal is not None:
+            log.info(
+                "outbound call to %r for account id %s refused (%s): %s",
+                destination_e164,
+                account_id,
+                refusal.rule,
+                refusal.reason,
+            )
+        return refusal
+
+    def check_account(self, account_id: int) -> Refusal | None:
+        """The account's rules alone (hours, conversation, attempts), whatever the number."""
+        refusal = self._account(account_id)
+        if refusal is not None:
+            log.info(
+                "call to account id %s refused (%s): %s", account_id, refusal.rule, refusal.reason
+            )
+        return refusal
+
+    def _account(self, account_id: int) -> Refusal | None:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError(f"clock returned naive {now!r}: it must be timezone-aware")
+        with self._sessions() as session:
+            account = session.get(Account, account_id)
+            if account is None:
+                raise UnknownAccount(f"no account with id {account_id}")
+            if not self._cfg.enabled:
+                return None
+            try:
+                zone = ZoneInfo(account.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                reason = (
+                    f"account {account.number} has an unknown time zone "
+                    f"{account.timezone!r}: its calling hours cannot be checked"
+                )
+                return Refusal("calling_hours", 409, reason)
+            return (
+                check_hours(self._cfg, zone, now)
+                or self._conversation(session, account, zone, now)
+                or self._attempts(session, account, zone, now)
+            )
+
+    def _conversation(
+        self, session: Session, account: Account, zone: ZoneInfo, now: dt.datetime
+    ) -> Refusal | None:
+        days = self._cfg.quiet_days_after_conversation
+        if days == 0:
+            return None
+        since = _first_day(now, zone, days)
+        found = last_conversation(session, account.id, since)
+        if found is None:
+            return None
+        call_id, started = found
+        day = started.astimezone(zone).date()
+        allowed = _local(day + dt.timedelta(days=days), self._cfg.hours[0], zone)
+        reason = (
+            f"recent conversation: call {call_id} on {day} reached account {account.number}; "
+            f"no calls for {days} days after a conversation; "
+            f"allowed from {_when(allowed, zone)}"
+        )
+        return Refusal("recent_conversation", 409, reason, allowed)
+
+    def _attempts(
+        self, session: Session, account: Account, zone: ZoneInfo, now: dt.datetime
+    ) -> Refusal | None:
+        limit, days = self._cfg.max_attempts, self._cfg.attempt_window_days
+        since = _first_day(now, zone, days)
+        stmt = (
+            select(Call.started_at)
+            .where(
+                Call.account_id == account.id,
+                Call.direction == "outbound",
+                Call.started_at >= since,
+            )
+            .order_by(Call.started_at.desc())
+            .limit(limit)
+        )
+        starts = list(session.scalars(stmt))
+        if len(starts) < limit:
+            return None
+        # The window drops the oldest of these `limit` calls on the day `days` after it.
+        oldest = starts[-1].astimezone(zone).date()
+        allowed = _local(oldest + dt.timedelta(days=days), self._cfg.hours[0], zone)
+        reason = (
+            f"attempt limit: {limit} outbound calls to account {account.number} since "
+            f"{oldest} (at most {limit} in {days} days); allowed from {_when(allowed, zone)}"
+        )
+        return Refusal("attempt_limit", 409, reason, allowed)
+
+
+def record_refusal(
+    sessions: Session | sessionmaker[Session],
+    user: audit.Actor | None,
+    client_addr: str | None,
+    account: str | int,
+    destination: str | None,
+    refusal: Refusal,
+) -> None:
+    """Append the refusal of a call to the audit log (action `call.refused`, target the
+    account: its number, or id), for whoever asked for the call."""
+    detail = {"to": destination, **refusal.as_dict()}
+    audit.record(sessions, user, client_addr, REFUSED, "account", account, detail)
+
+
+def _first_day(now: dt.datetime, zone: ZoneInfo, days: int) -> dt.datetime:
+    """Local midnight starting a window of `days` calendar days that ends today, in UTC."""
+    today = now.astimezone(zone).date()
+    return _local(today - dt.timedelta(days=days - 1), dt.time(), zone)
+
+
+def _local(day: dt.date, time: dt.time, zone: ZoneInfo) -> dt.datetime:
+    return dt.datetime.combine(day, time, tzinfo=zone).astimezone(dt.UTC)
+
+
+def _when(instant: dt.datetime, zone: ZoneInfo) -> str:
+    return f"{instant.astimezone(zone):%Y-%m-%d %H:%M} {zone.key}"
