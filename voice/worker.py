@@ -25,6 +25,8 @@ from accounts.db import make_engine, make_sessions
 from accounts.services import CallJournal, Ledger
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
 from recordings.book import RecordingBook
+from voice.asr.live import CallSpeech, Segment
+from voice.asr.model import load_model
 from voice.config import Config
 from voice.control import ControlServer
 from voice.fleet import WorkerSpec
@@ -122,10 +124,14 @@ class ActiveRecording:
 
 
 class Worker(Events):
-    def __init__(self, cfg: Config, spec: WorkerSpec) -> None:
+    def __init__(self, cfg: Config, spec: WorkerSpec, model: Any = None) -> None:
         self.cfg = cfg
         self.spec = spec
         self.name = spec.name
+        # The Vosk model, loaded once by the zygote and shared copy-on-write; None: keypad only.
+        self.model = model if (cfg.asr.transcribe or cfg.asr.spoken_menu) else None
+        self.phrases = cfg.asr.phrase_set() if model is not None else None
+        self.speech: dict[int, CallSpeech] = {}  # engine key -> the call's live speech
         sessions = make_sessions(make_engine(cfg.database_url, cfg.database.busy_timeout_ms))
         self.ledger = AsyncLedger(Ledger(sessions, region=cfg.accounts.default_region))
         self.journal = CallJournal(sessions)
@@ -147,6 +153,7 @@ class Worker(Events):
                 "hangup": self.hangup,
                 "dial": self.dial,
                 "pause_recording": self.pause_recording,
+                "transcript": self.transcript,
             },
         )
 
@@ -299,6 +306,7 @@ class Worker(Events):
             else:
                 self._background(self._note_answer(call, call_id))
             await self._start_recording(call, call_id)
+            await self._start_speech(call, call_id)
             flow = InboundFlow(
                 call,
                 self.ledger,
@@ -310,6 +318,9 @@ class Worker(Events):
         except Exception:
             log.exception("call %s failed", call.identity.sip_call_id)
             await call.hangup()
+        finally:
+            if speech := self.speech.pop(call.identity.key, None):
+                await speech.close()  # the last utterances are stored as they come out
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -331,6 +342,59 @@ class Worker(Events):
         if not await self.engine.start_recording(call.identity.key, str(wav)):
             self.recordings.pop(call.identity.key, None)  # the call ended first
             await asyncio.to_thread(self.book.close, recording_id)
+
+    # -- live speech --------------------------------------------------------------------------
+
+    async def _start_speech(self, call: SipCall, call_id: int) -> None:
+        """Both sides of the call into the recogniser, timed against the call's recording."""
+        assert self.engine is not None
+        if self.model is None:
+            return
+        key = call.identity.key
+        rec = self.recordings.get(key)
+        started = rec.started if rec is not None else time.monotonic()
+        recording_id = rec.recording_id if rec is not None else None
+        transcribe = self.cfg.asr.transcribe
+        speech = CallSpeech(
+            self.model,
+            asyncio.get_running_loop(),
+            speakers=("caller", "ivr") if transcribe else ("caller",),
+            transcribe=transcribe,
+            origin=time.monotonic() - started,
+            on_segment=lambda seg: self._background(self._store(call_id, recording_id, seg)),
+        )
+        self.speech[key] = speech
+        call.attach_speech(speech, self.phrases, started)
+        said = speech.sink("ivr") if transcribe else None
+        if not await self.engine.listen(key, speech.sink("caller"), said):
+            self.speech.pop(key, None)
+            await speech.close()
+
+    async def _store(self, call_id: int, recording_id: int | None, seg: Segment) -> None:
+        try:
+            await retry_db(
+                NOTE_TRIES,
+                self.journal.add_transcript,
+                call_id,
+                speaker=seg.speaker,
+                text=seg.text,
+                start=seg.start,
+                end=seg.end,
+                confidence=round(seg.confidence, 3),
+                words=list(seg.words),
+                recording_id=recording_id,
+            )
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: transcript segment not written: %s", call_id, exc)
+        self.metrics["transcript_segments_total"] += 1
+
+    async def transcript(self, call_id: int) -> dict[str, Any]:
+        """The call's transcript so far, words in progress included (the live view)."""
+        key = self._key_of(call_id)
+        speech = self.speech.get(key) if key is not None else None
+        if speech is None:
+            raise LookupError(f"no live transcript for call {call_id} on {self.name}")
+        return {"call_id": call_id, **speech.snapshot()}
 
     async def _close_recording(self, rec: ActiveRecording, interrupted: bool = False) -> None:
         seconds = (rec.ended or time.monotonic()) - rec.started
@@ -370,14 +434,17 @@ class Worker(Events):
             await asyncio.to_thread(self.journal.answered, call_id)
 
 
-def run(cfg: Config, spec: WorkerSpec) -> None:
+def run(cfg: Config, spec: WorkerSpec, model: Any = None, *, load: bool = False) -> None:
+    """Serve until SIGTERM. `model`: the zygote's preloaded Vosk model; `load`: load it here."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if load and model is None:
+        model = load_model(cfg.asr.model)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Worker(cfg, spec).serve(stop)
+        await Worker(cfg, spec, model).serve(stop)
 
     asyncio.run(main())

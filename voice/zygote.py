@@ -131,7 +131,7 @@ class Zygote:
             os.dup2(2, 1)  # stdout is the supervisor's event pipe: workers log to stderr
             from voice.worker import run
 
-            run(self.cfg, spec)
+            run(self.cfg, spec, self.model)
             code = 0
         except BaseException:
             logging.getLogger("voice.worker").exception("worker %s failed", spec.name)

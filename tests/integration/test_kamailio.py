@@ -585,8 +585,7 @@ def write_baresip_profile(
         ]
     (folder / "config").write_text("\n".join(lines) + "\n")
     (folder / "accounts").write_text(
-        f"<sip:{user}@127.0.0.1:{registrar_port}>;auth_pass={password};"
-        "answermode=auto;regint=60\n"
+        f"<sip:{user}@127.0.0.1:{registrar_port}>;auth_pass={password};answermode=auto;regint=60\n"
     )
     return sip_port
 

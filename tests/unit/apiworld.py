@@ -112,6 +112,9 @@ class FakeFleet:
         self.asked.append((call_id, paused))
         return {"call_id": call_id, "paused": paused, "at_s": 1.0}
 
+    async def live_transcript(self, call_id: int) -> dict[str, object]:
+        return {"call_id": call_id, "segments": [], "partial": {"caller": "마지막"}}
+
 
 def add_recording(sessions: sessionmaker[Session], root: Path, number: str) -> int:
     """A finished call on account `number` with a final recording: a real FLAC under `root`."""

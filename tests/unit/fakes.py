@@ -1,7 +1,8 @@
 """In-memory stand-ins for the IVR's `Call`, `Ledger` and `Journal` interfaces.
 
 `FakeCall` plays a scripted caller: each `gather()` consumes the next script entry, which is
-either the keys the caller types (a string; "" for silence) or `HANGUP`. It behaves like the
+either the keys the caller types (a string; "" for silence), `Said(text, option)` for a spoken
+answer (option None: speech that names nothing on offer) or `HANGUP`. It behaves like the
 real call where the flow can observe it: `max_digits` and the terminator cut the keys short,
 and once the far end has hung up every later `play`/`gather` raises `HangUp` too.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
-from voice.ivr.call import DTMF_KEYS, HangUp
+from voice.ivr.call import DTMF_KEYS, HangUp, Heard
 
 
 class _HangUpSentinel:
@@ -23,6 +24,15 @@ class _HangUpSentinel:
 
 HANGUP: Any = _HangUpSentinel()
 """Script entry: the caller hangs up instead of answering this `gather`."""
+
+
+@dataclass(frozen=True)
+class Said:
+    """Script entry: the caller says `text`, which names menu `option` (or nothing)."""
+
+    text: str
+    option: str | None
+    confidence: float = 0.9
 
 
 class ScriptExhausted(AssertionError):
@@ -51,6 +61,8 @@ class FakeCall:
         self._caller = caller
         self.script: list[str | Any] = list(script)
         for entry in self.script:
+            if isinstance(entry, Said):
+                continue
             if entry is not HANGUP and (not isinstance(entry, str) or not set(entry) <= DTMF_KEYS):
                 raise ValueError(f"script entry {entry!r} is neither keys, '' nor HANGUP")
         self.hangup_on_play = hangup_on_play
@@ -61,6 +73,8 @@ class FakeCall:
         self.prompts: list[tuple[str, list[str]]] = []
         self.hangups = 0  # our side's hangup() calls
         self.far_end_gone = False  # the caller hung up
+        self.heard: Heard | None = None
+        self.spoken: list[Mapping[str, str] | None] = []  # each gather's `spoken` argument
 
     @property
     def caller(self) -> str | None:
@@ -90,7 +104,10 @@ class FakeCall:
         timeout: float = 5.0,
         digit_timeout: float = 3.0,
         terminator: str = "#",
+        spoken: Mapping[str, str] | None = None,
     ) -> str:
+        self.heard = None
+        self.spoken.append(spoken)
         self.gathers.append((list(tokens), max_digits))
         self.gather_calls.append(
             GatherCall(list(tokens), max_digits, timeout, digit_timeout, terminator)
@@ -102,6 +119,11 @@ class FakeCall:
         if response is HANGUP:
             self.far_end_gone = True
             raise HangUp()
+        if isinstance(response, Said):
+            if max_digits != 1 or not spoken:
+                raise AssertionError(f"{response} spoken to a gather that takes no speech")
+            self.heard = Heard(response.text, response.option, response.confidence)
+            return spoken.get(response.option or "", "")
         return collect(response, max_digits=max_digits, terminator=terminator)
 
     async def hangup(self) -> None:

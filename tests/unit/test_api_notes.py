@@ -125,9 +125,7 @@ def test_paging(world: World) -> None:
         ({"json": {"body": "x" * 70_000}}, 413),
     ],
 )
-def test_note_body_is_validated(
-    sqlite_world: World, kwargs: dict[str, Any], status: int
-) -> None:
+def test_note_body_is_validated(sqlite_world: World, kwargs: dict[str, Any], status: int) -> None:
     kwargs = dict(kwargs)  # the parametrized dict is shared: leave it whole
     token = sqlite_world.tokens["admin"]
     headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}

@@ -62,6 +62,7 @@ class Endpoint:
 
 PAUSERS = ("collector", "supervisor", "admin")  # the people on a call, and its managers
 ENDPOINTS = [
+    Endpoint("GET", "/api/calls/{call_id}/transcript", ANY_ROLE, "transcript.read", scoped=True),
     Endpoint(
         "POST", "/api/calls/{call_id}/recording/pause", PAUSERS, "recording.pause", scoped=True
     ),

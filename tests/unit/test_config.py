@@ -41,9 +41,34 @@ def test_repo_config_toml_documents_every_key() -> None:
         for key in keys:
             value = raw[name][key]
             default = getattr(section, key)
-            expected = list(default) if isinstance(default, tuple) else default
+            expected = _as_toml(default)
             assert value == expected, f"{name}.{key}"
             assert type(value) is type(expected), f"{name}.{key}"
+
+
+def _as_toml(value: object) -> object:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _as_toml(v) for k, v in value.items()}
+    return value
+
+
+def test_asr_phrase_tables_are_typed_and_checked() -> None:
+    cfg = from_mapping({"asr": {"language": "ko", "phrases": {"ko": {"agent": ["상담원"]}}}}, {})
+    assert cfg.asr.phrases == {"ko": {"agent": ("상담원",)}}
+    assert cfg.asr.phrase_set().match("상담원") == "agent"
+    with pytest.raises(ConfigError, match=r"asr.language: no \[asr.phrases.fr\]"):
+        from_mapping({"asr": {"language": "fr"}}, {})
+    with pytest.raises(ConfigError, match=r"asr.phrases.en.agent: expected a list of strings"):
+        from_mapping({"asr": {"phrases": {"en": {"agent": "agent"}}}}, {})
+    with pytest.raises(ConfigError, match=r"asr.phrases.en.no: '예' is also a phrase of yes"):
+        from_mapping({"asr": {"phrases": {"en": {"yes": ["예"], "no": ["예"]}}}}, {})
+    with pytest.raises(ConfigError, match="set in config.toml, not the environment"):
+        from_mapping({}, {"VOICE_ASR_PHRASES": "x"})
+    # Spoken menus off: no phrase table needed, no phrase set.
+    off = from_mapping({"asr": {"spoken_menu": False, "language": "fr"}}, {})
+    assert off.asr.phrase_set() is None
 
 
 def test_builtin_defaults() -> None:

@@ -8,7 +8,16 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from fakes import HANGUP, FakeCall, FakeJournal, FakeLedger, GatherCall, ScriptExhausted, collect
+from fakes import (
+    HANGUP,
+    FakeCall,
+    FakeJournal,
+    FakeLedger,
+    GatherCall,
+    Said,
+    ScriptExhausted,
+    collect,
+)
 
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
 from voice.config import IvrConfig
@@ -16,6 +25,7 @@ from voice.ivr import say
 from voice.ivr.call import Call, HangUp
 from voice.ivr.inbound import (
     MENU,
+    SPOKEN_MENU,
     CallRecord,
     InboundFlow,
     balance_answer,
@@ -514,6 +524,40 @@ async def test_invalid_key_and_silence_reprompt() -> None:
     ]
     assert run.record.actions == ["invalid key 7", "no input"]
     assert run.call.hangups == 0
+
+
+async def test_spoken_menu_choice_answers_like_its_key() -> None:
+    run = await run_flow(ONE_PHONE, [Said("잔액", "balance", 0.93), HANGUP])
+    assert run.call.spoken == [SPOKEN_MENU, SPOKEN_MENU]  # every menu gather takes speech
+    assert run.played_after_greeting() == [(NW_BALANCE_TOKENS, True)]
+    assert ("speech", {"text": "잔액", "option": "balance", "confidence": 0.93}) in (
+        run.journal.events
+    )
+    assert ("choice", {"said": "잔액", "option": "balance"}) in run.journal.events
+    assert run.record.actions == ["said '잔액'", f"balance: {NW_BALANCE_TEXT}"]
+    assert "Caller actions: said '잔액'; balance: " in run.summary
+
+
+def test_spoken_menu_names_every_option_by_its_key() -> None:
+    assert {key: option for option, key in SPOKEN_MENU.items()} == MENU
+
+
+async def test_speech_naming_nothing_reprompts_without_a_choice() -> None:
+    run = await run_flow(ONE_PHONE, [Said("오늘 날씨가 좋네요", None), "3", HANGUP])
+    assert run.call.gathers == [
+        MENU_PROMPT,
+        (["not_understood", "menu"], 1),
+        MENU_PROMPT,
+    ]
+    assert ("not_understood", {"key": ""}) in run.journal.events
+    assert not [e for e in run.journal.events if e[0] == "choice" and "said" in e[1]]
+    assert run.record.actions[0] == "said '오늘 날씨가 좋네요': not understood"
+    assert run.record.actions[1] == f"last payment: {NW_PAYMENT_TEXT}"
+
+
+async def test_account_number_gathers_take_no_speech() -> None:
+    run = await run_flow(UNKNOWN_PHONE, ["10042#", HANGUP])
+    assert run.call.spoken == [None, SPOKEN_MENU]
 
 
 async def test_terminator_alone_at_the_menu_is_silence() -> None:

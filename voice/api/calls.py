@@ -1,4 +1,4 @@
-"""Calls in progress over HTTP: pause and resume the recording while card details are given.
+"""Calls over HTTP: the live or stored transcript, and pausing the recording for card details.
 
 PCI DSS: no card security codes in recordings. The collector on the call pauses; the recorder
 then writes silence (the file keeps the call's timeline) and the gap is marked in the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -18,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts import audit
-from accounts.models import Account, Call
+from accounts.models import Account, Call, Transcript
 from accounts.users import Principal
 from voice.api.auth import client_addr, deny, requires, sees_account, sessions_of
+from voice.api.notes import READERS, transcript_row
 from voice.api.openapi import documented, error_responses
 from voice.api.params import int_id
 
@@ -63,9 +65,54 @@ async def _set_pause(request: Request, user: Principal, paused: bool) -> Respons
     return JSONResponse(result)
 
 
+@requires(*READERS)
+@documented(
+    parameters=[_CALL_PARAM],
+    responses={
+        "200": {
+            "description": "the utterances stored so far (`segments`, time order, each with "
+            "speaker, start/end seconds into the recording, text, confidence and word timings); "
+            "while the call runs, `partial` holds each speaker's words in progress"
+        },
+        **error_responses("404"),
+    },
+)
+async def call_transcript(request: Request, user: Principal) -> Response:
+    """The call's transcript: live while it runs, stored once it has ended."""
+    call_id = int_id(request, "call_id")
+    args = (sessions_of(request), user, client_addr(request), call_id, "transcript.read")
+    status = await run_in_threadpool(_check_and_audit, *args, require_live=False)
+    rows = await run_in_threadpool(_stored_transcript, sessions_of(request), call_id)
+    body: dict[str, Any] = {"call_id": call_id, "status": status, "segments": rows, "partial": {}}
+    fleet = getattr(request.app.state, "fleet", None)
+    if status == "in_progress" and fleet is not None:
+        try:
+            live = await fleet.live_transcript(call_id)
+        except LookupError:  # ended meanwhile, or no speech on this call: the stored rows stand
+            live = {}
+        body["partial"] = live.get("partial", {})
+    return JSONResponse(body)
+
+
+def _stored_transcript(sessions: sessionmaker[Session], call_id: int) -> list[dict[str, Any]]:
+    with sessions() as session:
+        rows = session.scalars(
+            select(Transcript)
+            .where(Transcript.call_id == call_id)
+            .order_by(Transcript.start_s, Transcript.id)
+        )
+        return [transcript_row(t) for t in rows]
+
+
 def _check_and_audit(
-    sessions: sessionmaker[Session], user: Principal, addr: str | None, call_id: int, action: str
-) -> None:
+    sessions: sessionmaker[Session],
+    user: Principal,
+    addr: str | None,
+    call_id: int,
+    action: str,
+    require_live: bool = True,
+) -> str:
+    """404 unless `user` may see the call; audit the access; 409 if it must be live and isn't."""
     with sessions() as session:
         call = session.get(Call, call_id)
         account = session.get(Account, call.account_id) if call and call.account_id else None
@@ -73,11 +120,13 @@ def _check_and_audit(
         deny(sessions, user, addr, "call", call_id, "no such call for this user")
         raise HTTPException(404, f"no call {call_id}")
     audit.record(sessions, user, addr, action, "call", call_id)
-    if call.status != "in_progress":
+    if require_live and call.status != "in_progress":
         raise HTTPException(409, f"call {call_id} is {call.status}")
+    return call.status
 
 
 ROUTES = [
+    Route("/calls/{call_id}/transcript", call_transcript, methods=["GET"]),
     Route("/calls/{call_id}/recording/pause", pause_recording, methods=["POST"]),
     Route("/calls/{call_id}/recording/resume", resume_recording, methods=["POST"]),
 ]

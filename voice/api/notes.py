@@ -26,7 +26,17 @@ from voice.api.auth import client_addr, deny, requires, sees_account, sessions_o
 from voice.api.openapi import documented, error_responses, query_param
 from voice.api.params import account_number, int_id, int_query, query, read_json
 
-ACTION_EVENTS = ("identified", "keys", "choice", "no_input", "invalid_choice", "agent", "said")
+ACTION_EVENTS = (
+    "identified",
+    "keys",
+    "speech",
+    "choice",
+    "no_input",
+    "invalid_choice",
+    "not_understood",
+    "agent",
+    "said",
+)
 READERS = ("collector", "supervisor", "compliance", "admin")
 WRITERS = ("collector", "supervisor", "admin")
 MAX_BODY = 10_000  # characters
@@ -89,7 +99,9 @@ def call_detail(session: Session, call_id: int) -> dict[str, Any] | None:
         select(Recording).where(Recording.call_id == call_id).order_by(Recording.id)
     )
     transcript = session.scalars(
-        select(Transcript).where(Transcript.call_id == call_id).order_by(Transcript.id)
+        select(Transcript)
+        .where(Transcript.call_id == call_id)
+        .order_by(Transcript.start_s, Transcript.id)
     )
     return {
         "direction": call.direction,
@@ -113,9 +125,19 @@ def call_detail(session: Session, call_id: int) -> dict[str, Any] | None:
             }
             for r in recordings
         ],
-        "transcript": [
-            {"speaker": t.speaker, "text": t.text, "words": t.words or []} for t in transcript
-        ],
+        "transcript": [transcript_row(t) for t in transcript],
+    }
+
+
+def transcript_row(t: Transcript) -> dict[str, Any]:
+    """One utterance as the API shows it: who, when (s into the recording), what, how sure."""
+    return {
+        "speaker": t.speaker,
+        "start": t.start_s,
+        "end": t.end_s,
+        "text": t.text,
+        "confidence": t.confidence,
+        "words": t.words or [],
     }
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -78,6 +78,12 @@ class PhraseSet:
     @property
     def phrases(self) -> tuple[str, ...]:
         return tuple(self._lookup)
+
+    def only(self, options: Iterable[str]) -> PhraseSet | None:
+        """The phrases of `options` alone (config order kept); None if none of them is here."""
+        wanted = set(options)
+        kept = tuple((o, p) for o, p in self.options if o in wanted)
+        return PhraseSet(self.language, kept) if kept else None
 
     def grammar_json(self) -> str:
         """The grammar for `vosk.KaldiRecognizer(model, rate, grammar)`."""

@@ -25,6 +25,8 @@ MENU: dict[str, str] = {
     "0": "agent",
     "*": "repeat",
 }
+# The same choices by voice: option -> its key (phrases per language come from asr.phrases).
+SPOKEN_MENU: dict[str, str] = {option: key for key, option in MENU.items()}
 
 
 # Stored account numbers may be formatted ("A-100 7"); callers key digits only.
@@ -156,13 +158,21 @@ class InboundFlow:
         failures = 0
         prompt = ["menu"]
         while True:
-            key = await self._gather(prompt, max_digits=1, timeout=self.cfg.menu_timeout)
+            key = await self._gather(
+                prompt, max_digits=1, timeout=self.cfg.menu_timeout, spoken=SPOKEN_MENU
+            )
             option = MENU.get(key)
             if option is None:
                 failures += 1
-                reason = "no_input" if key == "" else "invalid_choice"
+                heard = self.call.heard
+                if heard is not None:
+                    reason, action = "not_understood", f"said {heard.text!r}: not understood"
+                elif key == "":
+                    reason, action = "no_input", "no input"
+                else:
+                    reason, action = "invalid_choice", f"invalid key {key}"
                 await self.journal.event(reason, {"key": key})
-                self.record.actions.append("no input" if key == "" else f"invalid key {key}")
+                self.record.actions.append(action)
                 if failures >= self.cfg.max_failures:
                     self.record.end_reason = f"{failures} failed menu attempts"
                     await self._farewell("too_many_failures")
@@ -170,7 +180,12 @@ class InboundFlow:
                 prompt = [reason, "menu"]
                 continue
             failures = 0
-            await self.journal.event("choice", {"key": key, "option": option})
+            heard = self.call.heard
+            if heard is not None:
+                self.record.actions.append(f"said {heard.text!r}")
+                await self.journal.event("choice", {"said": heard.text, "option": option})
+            else:
+                await self.journal.event("choice", {"key": key, "option": option})
             prompt = ["menu"]
             if option != "repeat":
                 await self._answer(option, account)
@@ -210,7 +225,12 @@ class InboundFlow:
         await self.call.play(tokens, barge_in=barge_in)
 
     async def _gather(
-        self, tokens: Sequence[str], *, max_digits: int, timeout: float | None = None
+        self,
+        tokens: Sequence[str],
+        *,
+        max_digits: int,
+        timeout: float | None = None,
+        spoken: dict[str, str] | None = None,
     ) -> str:
         await self.journal.event("prompt", {"tokens": list(tokens)})
         digits = await self.call.gather(
@@ -218,8 +238,14 @@ class InboundFlow:
             max_digits=max_digits,
             timeout=timeout or self.cfg.digit_timeout,
             digit_timeout=self.cfg.digit_timeout,
+            spoken=spoken,
         )
-        await self.journal.event("keys", {"digits": digits})
+        heard = self.call.heard
+        if heard is not None:
+            detail = {"text": heard.text, "option": heard.option, "confidence": heard.confidence}
+            await self.journal.event("speech", detail)
+        else:
+            await self.journal.event("keys", {"digits": digits})
         return digits
 
 

@@ -29,6 +29,7 @@ PROMPTS: dict[str, str] = {
     ),
     "invalid_choice": "Sorry, that is not a valid choice.",
     "no_input": "Sorry, we did not receive your choice.",
+    "not_understood": "Sorry, I did not understand that.",
     "too_many_failures": "We are unable to process your request. Goodbye.",
     "balance_open": "Your total open balance is",
     "balance_past_due": "of which the amount past due is",

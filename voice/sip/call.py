@@ -11,18 +11,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from voice.ivr.call import DTMF_KEYS, HangUp
+from voice.asr.events import Event, Final, SpeechStarted
+from voice.asr.live import CallSpeech
+from voice.asr.phrases import PhraseSet
+from voice.ivr.call import DTMF_KEYS, HangUp, Heard
 from voice.sip.engine import CallIdentity, SipEngine
 from voice.sip.uri import caller_id, user_part
 
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT = 10.0  # seconds to wait for the ACK of a call we answer before giving up
+# A caller still speaking when a gather times out is heard out: up to this long after their
+# utterance began (the endpointer cuts an utterance at 20 s; recognition needs a moment more).
+SPEECH_GRACE = 22.0
 
 Renderer = Callable[[Sequence[str]], np.ndarray]
 
@@ -46,6 +52,23 @@ class SipCall:
         self.end_code: int | None = None
         self.end_reason: str | None = None
         self.last_digit_at: float | None = None  # monotonic, for latency measurements
+        # Live speech (None: keypad only). The caller's grammar finals wait in `_heard`.
+        self._speech: CallSpeech | None = None
+        self._phrases: PhraseSet | None = None
+        self._heard: asyncio.Queue[Final] = asyncio.Queue()
+        self._speech_started = asyncio.Event()
+        self._speech_barge = False  # the prompt playing now may be cut by the caller's voice
+        self._speaking = False  # an utterance of the caller's is in progress
+        self._speaking_since = 0.0  # loop time its start was reported
+        self._cut_by_speech = False  # the last prompt was cut by speech that chose nothing
+        self.heard: Heard | None = None
+        self.last_speech_end: float | None = None  # monotonic estimate, for latency measurements
+        self.speech_origin: float | None = None  # monotonic time of the speech streams' 0 s
+
+    def attach_speech(self, speech: CallSpeech, phrases: PhraseSet | None, origin: float) -> None:
+        """Spoken menu choices and speech barge-in; `origin`: monotonic time of its 0 s."""
+        self._speech, self._phrases, self.speech_origin = speech, phrases, origin
+        speech.on_caller = self.on_speech
 
     # -- Call protocol ------------------------------------------------------------------------
 
@@ -56,6 +79,7 @@ class SipCall:
     @property
     def callee(self) -> str | None:
         return user_part(self.identity.local_uri)
+
     @property
     def ended(self) -> bool:
         return self._ended.is_set()
@@ -72,14 +96,18 @@ class SipCall:
             loop.call_soon_threadsafe(_resolve, finished)
 
         self._digit_arrived.clear()
+        self._speech_started.clear()
         if not self._engine.play(self.identity.key, pcm, on_done):
             raise HangUp()
         waiters: list[Any] = [finished, self._ended.wait()]
         if barge_in:
             waiters.append(self._digit_arrived.wait())
+            if self._speech_barge:
+                waiters.append(self._speech_started.wait())
         await self._first(*waiters)
         if not finished.done():
             self._engine.stop_playback(self.identity.key)
+            self._cut_by_speech = self._speech_started.is_set() and not self._digit_arrived.is_set()
         self._raise_if_ended()
 
     async def gather(
@@ -90,6 +118,35 @@ class SipCall:
         timeout: float = 5.0,
         digit_timeout: float = 3.0,
         terminator: str = "#",
+        spoken: Mapping[str, str] | None = None,
+    ) -> str:
+        self.heard = None
+        grammar = self._grammar(spoken) if max_digits == 1 else None
+        if grammar is None:
+            return await self._gather_keys(tokens, max_digits, timeout, digit_timeout, terminator)
+        assert self._speech is not None and spoken is not None
+        # Listen before the prompt starts, so a caller who talks over it is heard. A caller whose
+        # speech cut the last prompt without choosing anything hears this one whole.
+        while not self._heard.empty():
+            self._heard.get_nowait()
+        self._speech.expect(grammar)
+        self._speech_barge = not self._cut_by_speech
+        self._cut_by_speech = False
+        try:
+            if tokens:
+                await self.play(tokens, barge_in=True)
+            return await self._key_or_phrase(spoken, timeout)
+        finally:
+            self._speech_barge = False
+            self._speech.expect(None)
+
+    async def _gather_keys(
+        self,
+        tokens: Sequence[str],
+        max_digits: int,
+        timeout: float,
+        digit_timeout: float,
+        terminator: str,
     ) -> str:
         if tokens:
             await self.play(tokens, barge_in=True)
@@ -101,6 +158,50 @@ class SipCall:
                 break
             collected += digit
         return collected
+
+    async def _key_or_phrase(self, spoken: Mapping[str, str], timeout: float) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        extended = False
+        while True:
+            self._raise_if_ended()
+            if not self._digits.empty():
+                self._cut_by_speech = False
+                return self._digits.get_nowait()
+            if not self._heard.empty():
+                final = self._heard.get_nowait()
+                if final.noise or not (final.text or final.option):
+                    continue  # a cough, line noise, a tone: not an answer
+                option = final.option if final.option in spoken else None
+                self.heard = Heard(final.text, option, final.confidence)
+                if self.speech_origin is not None:
+                    self.last_speech_end = self.speech_origin + final.end
+                if option is None:
+                    self._cut_by_speech = True  # so the re-prompt is heard whole
+                    return ""
+                self._cut_by_speech = False
+                return spoken[option]
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if not self._speaking or extended:
+                    return ""
+                extended, deadline = True, self._speaking_since + SPEECH_GRACE  # hear them out
+                continue
+            digit = asyncio.ensure_future(self._digits.get())
+            heard = asyncio.ensure_future(self._heard.get())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first(digit, heard, self._ended.wait()), remaining)
+            # Whatever arrived goes back in its queue, in order, for the checks above.
+            for getter, queue in ((digit, self._digits), (heard, self._heard)):
+                if getter.done() and not getter.cancelled():
+                    _requeue_first(queue, getter.result())
+                else:
+                    getter.cancel()
+
+    def _grammar(self, spoken: Mapping[str, str] | None) -> PhraseSet | None:
+        if not spoken or self._speech is None or self._phrases is None:
+            return None
+        return self._phrases.only(spoken)
 
     async def hangup(self) -> None:
         if not self._ended.is_set():
@@ -125,6 +226,17 @@ class SipCall:
         self.last_digit_at = time.monotonic()
         self._digits.put_nowait(digit)
         self._digit_arrived.set()
+
+    def on_speech(self, event: Event) -> None:
+        """The caller's stream: an utterance started (barge-in) or was recognised."""
+        if isinstance(event, SpeechStarted):
+            self._speaking = True
+            self._speaking_since = asyncio.get_running_loop().time()
+            self._speech_started.set()
+        elif isinstance(event, Final):
+            self._speaking = False
+            if event.mode == "grammar":
+                self._heard.put_nowait(event)
 
     def on_disconnected(self, code: int, reason: str) -> None:
         self.end_code, self.end_reason = code, reason
@@ -173,6 +285,14 @@ class SipCall:
         finally:
             for task in owned:
                 task.cancel()
+
+
+def _requeue_first(queue: asyncio.Queue[Any], item: Any) -> None:
+    rest = []
+    while not queue.empty():
+        rest.append(queue.get_nowait())
+    for entry in (item, *rest):
+        queue.put_nowait(entry)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -6,9 +6,9 @@ DESIGN.md are handled here and only here:
 
 - null sound device, and `sndAutoCloseTime = -1` so conference slots of ended calls are freed;
 - the Python reference to a `Call` is dropped in `onCallState(DISCONNECTED)`;
-- a media port is never destroyed while the conference clock runs: a call's port rests for
-  `PORT_GRACE` seconds after the call, then serves a later call; at shutdown the clock is stopped
-  (`setNoDev`) before the ports are released;
+- a media port (player, tap) is never destroyed while the conference clock runs: a call's port
+  rests for `PORT_GRACE` seconds after the call, then serves a later call; at shutdown the clock
+  is stopped (`setNoDev`) before the ports are released;
 - callbacks catch and log everything;
 - calls above `max_calls` get 486 and bursts above `max_setups_per_second` get 503 before the
   ioqueue runs out of sockets;
@@ -34,6 +34,7 @@ import pjsua2 as pj
 
 from voice.config import SipConfig
 from voice.sip.player import PcmPlayer
+from voice.sip.tap import FrameTap, Sink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -163,6 +164,10 @@ class SipEngine:
         self._players: dict[int, PcmPlayer] = {}
         self._graveyard: list[tuple[float, PcmPlayer]] = []
         self._spare_players: list[PcmPlayer] = []
+        # Ears: what the far end of a call says, for live speech recognition.
+        self._taps: dict[int, FrameTap] = {}
+        self._tap_graveyard: list[tuple[float, FrameTap]] = []
+        self._spare_taps: list[FrameTap] = []
         # Recordings are pjmedia's own WAV writer (C, no Python per frame), one per call.
         self._recorders: dict[int, pj.AudioMediaRecorder] = {}
         self._call_media: dict[int, pj.AudioMedia] = {}
@@ -235,6 +240,14 @@ class SipEngine:
     async def pause_recording(self, key: int, paused: bool) -> bool:
         """PCI pause: silence goes to the file while paused; False if not recording."""
         return await self.run(lambda: self._pause_recording(key, paused))
+
+    async def listen(self, key: int, heard: Sink | None, said: Sink | None) -> bool:
+        """Hand the call's audio to sinks as it flows, 20 ms frames on the media thread.
+
+        `heard` gets what the far end sends, `said` what our player sends them; sinks must only
+        queue. False if the call is already gone.
+        """
+        return await self.run(lambda: self._listen(key, heard, said))
 
     async def dial(self, uri: str) -> CallIdentity:
         """Place a call to `uri`; events then arrive as for an answered incoming call.
@@ -425,6 +438,9 @@ class SipEngine:
         recorder = self._recorders.get(call.key)
         if recorder is not None:
             media.startTransmit(recorder)
+        tap = self._taps.get(call.key)
+        if tap is not None:
+            media.startTransmit(tap)
 
     def _gone(self, call: _Call, code: int, reason: str) -> None:
         self._calls.pop(call.key, None)
@@ -438,13 +454,20 @@ class SipEngine:
             self._closing.append((time.monotonic() + RECORDER_GRACE, call.key, recorder))
         player = self._players.pop(call.key, None)
         if player is not None:
+            player.listener = None
             player.stop()
             self._graveyard.append((time.monotonic() + PORT_GRACE, player))
+        tap = self._taps.pop(call.key, None)
+        if tap is not None:
+            tap.sink = None
+            self._tap_graveyard.append((time.monotonic() + PORT_GRACE, tap))
         self._post_call(call, "disconnected", call.key, code, reason)
 
     def _reap_ports(self, now: float) -> None:
         while self._graveyard and self._graveyard[0][0] <= now:
             self._spare_players.append(self._graveyard.pop(0)[1])
+        while self._tap_graveyard and self._tap_graveyard[0][0] <= now:
+            self._spare_taps.append(self._tap_graveyard.pop(0)[1])
         while self._closing and self._closing[0][0] <= now:
             _, key, recorder = self._closing.pop(0)
             del recorder  # pjsua_recorder_destroy: the WAV header is written, the file closed
@@ -463,6 +486,21 @@ class SipEngine:
         if media is not None:
             media.startTransmit(recorder)  # what the caller says
         self.counters["recordings_started"] += 1
+        return True
+
+    def _listen(self, key: int, heard: Sink | None, said: Sink | None) -> bool:
+        if key not in self._calls:
+            return False
+        player = self._players.get(key)
+        if player is not None:
+            player.listener = said
+        if heard is not None and key not in self._taps:
+            tap = self._spare_taps.pop() if self._spare_taps else FrameTap(f"tap{key}")
+            tap.sink = heard
+            self._taps[key] = tap
+            media = self._call_media.get(key)
+            if media is not None:
+                media.startTransmit(tap)
         return True
 
     def _pause_recording(self, key: int, paused: bool) -> bool:
@@ -494,6 +532,9 @@ class SipEngine:
             self._players.clear()
             self._graveyard.clear()
             self._spare_players.clear()
+            self._taps.clear()
+            self._tap_graveyard.clear()
+            self._spare_taps.clear()
             self._call_media.clear()
             self._recorders.clear()
             self._closing.clear()

@@ -33,6 +33,9 @@ class PcmPlayer(pj.AudioMediaPort):
         self._on_done: Callable[[], None] | None = None
         self._silence = pj.ByteVector(_SILENCE)
         self.frames_played = 0
+        # Hears every frame the player sends (speech or silence), on the media thread: the
+        # IVR's side of the call for live transcription. It must only queue.
+        self.listener: Callable[[bytes], None] | None = None
         fmt = pj.MediaFormatAudio()
         fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, int(FRAME_TIME * 1_000_000), 16)
         self.createPort(name, fmt)
@@ -77,6 +80,9 @@ class PcmPlayer(pj.AudioMediaPort):
             frame.size = FRAME_BYTES
             if chunk is not None:
                 self.frames_played += 1
+            listener = self.listener
+            if listener is not None:
+                listener(chunk if chunk is not None else _SILENCE)
             if done is not None:
                 done()
         except Exception:  # never let an exception escape into the media thread

