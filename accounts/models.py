@@ -271,6 +271,17 @@ class Transcript(Base):
     words: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The utterance as the API and the webhook show it."""
+        return {
+            "speaker": self.speaker,
+            "start": self.start_s,
+            "end": self.end_s,
+            "text": self.text,
+            "confidence": self.confidence,
+            "words": self.words or [],
+        }
+
 
 class WebhookOutbox(Base):
     """One pending (or finished) webhook delivery; survives restarts (accounts/webhook.py).

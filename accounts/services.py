@@ -25,10 +25,12 @@ from accounts.models import (
     Note,
     Payment,
     Transcript,
+    WebhookOutbox,
     utcnow,
 )
 from accounts.phones import caller_e164
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
+from accounts.webhook import TRANSCRIPT_EVENT
 
 _NUMBER_SEPARATORS = re.compile(r"[\s\-]+")
 
@@ -228,6 +230,31 @@ class CallJournal:
             session.add(row)
             session.flush()
             return row.id
+
+    def transcript_ready(self, call_id: int) -> bool:
+        """Owe the CRM the call's finished transcript: a `note.transcript` delivery of its note.
+
+        False when there is nothing to send (no note: the call reached no account; or no
+        utterance was stored).
+        """
+        with self._sessions.begin() as session:
+            note_id = session.scalar(
+                select(Note.id).where(Note.call_id == call_id, Note.kind == "call").limit(1)
+            )
+            said = session.scalar(select(Transcript.id).where(Transcript.call_id == call_id))
+            if note_id is None or said is None:
+                return False
+            now = utcnow()
+            session.add(
+                WebhookOutbox(
+                    event=TRANSCRIPT_EVENT,
+                    note_id=note_id,
+                    created_at=now,
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+            )
+            return True
 
     def set_account(self, call_id: int, account_id: int) -> None:
         with self._sessions.begin() as session:

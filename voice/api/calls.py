@@ -22,7 +22,7 @@ from accounts import audit
 from accounts.models import Account, Call, Transcript
 from accounts.users import Principal
 from voice.api.auth import client_addr, deny, requires, sees_account, sessions_of
-from voice.api.notes import READERS, transcript_row
+from voice.api.notes import READERS
 from voice.api.openapi import documented, error_responses
 from voice.api.params import int_id
 
@@ -101,7 +101,7 @@ def _stored_transcript(sessions: sessionmaker[Session], call_id: int) -> list[di
             .where(Transcript.call_id == call_id)
             .order_by(Transcript.start_s, Transcript.id)
         )
-        return [transcript_row(t) for t in rows]
+        return [t.as_dict() for t in rows]
 
 
 def _check_and_audit(

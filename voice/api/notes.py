@@ -125,19 +125,7 @@ def call_detail(session: Session, call_id: int) -> dict[str, Any] | None:
             }
             for r in recordings
         ],
-        "transcript": [transcript_row(t) for t in transcript],
-    }
-
-
-def transcript_row(t: Transcript) -> dict[str, Any]:
-    """One utterance as the API shows it: who, when (s into the recording), what, how sure."""
-    return {
-        "speaker": t.speaker,
-        "start": t.start_s,
-        "end": t.end_s,
-        "text": t.text,
-        "confidence": t.confidence,
-        "words": t.words or [],
+        "transcript": [t.as_dict() for t in transcript],
     }
 
 
