@@ -341,16 +341,29 @@ class Supervisor:
 
     async def dial(self, to: str) -> dict[str, Any]:
         """Place a call on the least busy worker that has a free slot."""
+        worker = await self._least_busy(slots=1)
+        reply = await control.request(worker.spec.control_path, "dial", 10.0, to=to)
+        return {"worker": worker.spec.name, "call_id": reply["call_id"]}
+
+    async def click_to_call(self, **request: Any) -> dict[str, Any]:
+        """Ring a collector, then their customer, and bridge them (both legs on one worker).
+
+        `request`: collector, customer, account_id, user, caller_id (voice/api/dialout.py).
+        """
+        worker = await self._least_busy(slots=2)
+        reply = await control.request(worker.spec.control_path, "click_to_call", 10.0, **request)
+        reply.pop("ok", None)
+        return {"worker": worker.spec.name, **reply}
+
+    async def _least_busy(self, slots: int) -> WorkerState:
         free = sorted(
             (a["calls"], name)
             for name, a in (await self._healths()).items()
-            if not a["draining"] and a["calls"] < a["max_calls"]
+            if not a["draining"] and a["calls"] + slots <= a["max_calls"]
         )
         if not free:
-            raise RuntimeError("no call worker has a free slot")
-        worker = self.workers[free[0][1]]
-        reply = await control.request(worker.spec.control_path, "dial", 10.0, to=to)
-        return {"worker": worker.spec.name, "call_id": reply["call_id"]}
+            raise RuntimeError(f"no call worker has {slots} free slot(s)")
+        return self.workers[free[0][1]]
 
     async def pause_recording(self, call_id: int, paused: bool) -> dict[str, Any]:
         """PCI pause/resume on whichever worker holds the call."""

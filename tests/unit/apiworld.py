@@ -50,6 +50,15 @@ class World:
             headers["Authorization"] = f"Bearer {token}"
         return request(self.app, method, path, headers=headers, **kwargs)
 
+    @property
+    def api_state(self) -> Any:
+        """The API app's `state` (cfg, fleet, clock) inside the /api mount."""
+        return self.app.routes[0].app.state  # type: ignore[attr-defined]
+
+    @property
+    def fleet(self) -> FakeFleet:
+        return self.api_state.fleet
+
     def last_audit_id(self) -> int:
         with self.sessions() as session:
             return session.scalar(select(func.coalesce(func.max(AuditEntry.id), 0))) or 0
@@ -107,10 +116,15 @@ class FakeFleet:
 
     def __init__(self) -> None:
         self.asked: list[tuple[int, bool]] = []
+        self.placed: list[dict[str, object]] = []
 
     async def pause_recording(self, call_id: int, paused: bool) -> dict[str, object]:
         self.asked.append((call_id, paused))
         return {"call_id": call_id, "paused": paused, "at_s": 1.0}
+
+    async def click_to_call(self, **request: object) -> dict[str, object]:
+        self.placed.append(request)
+        return {"call_id": 900 + len(self.placed), "worker": "w1"}
 
     async def live_transcript(self, call_id: int) -> dict[str, object]:
         return {"call_id": call_id, "segments": [], "partial": {"caller": "마지막"}}

@@ -16,6 +16,7 @@ Expected status of each cell:
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,12 @@ ENDPOINTS = [
         "account.callable",
         scoped=True,
     ),
+    Endpoint("POST", "/api/calls", ("collector",), "call.place", ok=202, json={"account": "10042"}),
+    Endpoint("GET", "/api/calls/{call_id}", ANY_ROLE, "call.read", scoped=True),
     Endpoint("GET", "/api/openapi.json", (), None, public=True),
 ]
+# Placing a call passes the guardrails' calling hours: a Wednesday, 10:00 in New York.
+DAYTIME = dt.datetime(2026, 11, 4, 15, 0, tzinfo=dt.UTC)
 
 
 def expected_status(ep: Endpoint, caller: str) -> int:
@@ -128,6 +133,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # SQLite only: the storage rules themselves run on both backends in test_api_notes.py.
     path: Path = tmp_path_factory.mktemp("roles") / "voice.db"
     w = make_world(f"sqlite:///{path}", path.parent / "recordings")
+    w.api_state.clock = lambda: DAYTIME
     yield w
     w.engine.dispose()
 

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from voice.api import audit, calls, notes, openapi, outcomes, recordings
+from voice.api import audit, calls, dialout, notes, openapi, outcomes, recordings
 from voice.api.auth import json_error
 from voice.api.openapi import API_PREFIX
 from voice.config import Config
@@ -25,6 +25,7 @@ ROUTES: list[BaseRoute] = [
     *audit.ROUTES,
     *recordings.ROUTES,
     *calls.ROUTES,
+    *dialout.ROUTES,
     *outcomes.ROUTES,
     *openapi.ROUTES,
 ]

@@ -18,6 +18,7 @@ collector's account looks exactly like one that does not exist.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,8 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from accounts import audit
-from accounts.models import USER_ROLES
+from accounts.models import USER_ROLES, utcnow
 from accounts.users import Principal, Users
+from voice.config import Config
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -133,6 +135,17 @@ def deny(
 
 def sessions_of(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions  # type: ignore[no-any-return]
+
+
+def config_of(request: Request) -> Config:
+    """The server's configuration; the built-in defaults for an API built without one."""
+    cfg = getattr(request.app.state, "cfg", None)
+    return cfg if cfg is not None else Config()
+
+
+def clock_of(request: Request) -> Callable[[], dt.datetime]:
+    """`app.state.clock` if a test set one; the real time otherwise."""
+    return getattr(request.app.state, "clock", None) or utcnow
 
 
 def client_addr(request: Request) -> str | None:

@@ -79,7 +79,7 @@ def note_dict(note: Note, account: str, session: Session | None = None) -> dict[
     return out
 
 
-def _iso(value: dt.datetime | None) -> str | None:
+def iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
@@ -109,10 +109,10 @@ def call_detail(session: Session, call_id: int) -> dict[str, Any] | None:
         "callee": call.callee,
         "status": call.status,
         "end_reason": call.end_reason,
-        "started_at": _iso(call.started_at),
-        "answered_at": _iso(call.answered_at),
-        "ended_at": _iso(call.ended_at),
-        "actions": [{"at": _iso(e.at), "kind": e.kind, **e.detail} for e in actions],
+        "started_at": iso(call.started_at),
+        "answered_at": iso(call.answered_at),
+        "ended_at": iso(call.ended_at),
+        "actions": [{"at": iso(e.at), "kind": e.kind, **e.detail} for e in actions],
         "recordings": [
             {
                 "id": r.id,

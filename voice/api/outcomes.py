@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts import audit
-from accounts.models import OUTCOME_KINDS, Account, Call, CallOutcome, utcnow
+from accounts.models import OUTCOME_KINDS, Account, Call, CallOutcome
 from accounts.outcomes import (
     MAX_TEXT,
     FollowUp,
@@ -31,12 +31,19 @@ from accounts.outcomes import (
 )
 from accounts.phones import InvalidPhone, normalize
 from accounts.users import Principal
-from voice.api.auth import client_addr, deny, requires, sees_account, sessions_of
+from voice.api.auth import (
+    client_addr,
+    clock_of,
+    config_of,
+    deny,
+    requires,
+    sees_account,
+    sessions_of,
+)
 from voice.api.notes import visible_account
 from voice.api.openapi import documented, error_responses, query_param
 from voice.api.params import account_number, int_id, int_query, query, read_json
-from voice.config import Config
-from voice.routing.guardrails import Clock, Guardrails
+from voice.routing.guardrails import Guardrails
 
 CALLERS = ("collector", "supervisor", "admin")  # who places calls and marks them
 _FIELDS = ("kind", "amount_cents", "date", "text")
@@ -59,16 +66,6 @@ _OUTCOME_SCHEMA = {
         "created_at": {"type": "string", "format": "date-time"},
     },
 }
-
-
-def _cfg(request: Request) -> Config:
-    cfg = getattr(request.app.state, "cfg", None)
-    return cfg if cfg is not None else Config()
-
-
-def _clock(request: Request) -> Clock:
-    """`app.state.clock` if a test set one; the real time otherwise."""
-    return getattr(request.app.state, "clock", None) or utcnow
 
 
 # -- outcome ------------------------------------------------------------------------------
@@ -203,7 +200,7 @@ async def list_followups(request: Request, user: Principal) -> Response:
     params = query(request, ("due", "collector"))
     due_text = params.get("due")
     if due_text is None:
-        due = _clock(request)().astimezone().date()  # today where the server is
+        due = clock_of(request)().astimezone().date()  # today where the server is
     else:
         try:
             if not _DATE.fullmatch(due_text):
@@ -288,7 +285,7 @@ async def check_callable(request: Request, user: Principal) -> Response:
     conversation, allowed destinations. Collectors: only their own accounts (404 otherwise)."""
     number = account_number(request)
     params = query(request, ("to",))
-    cfg = _cfg(request)
+    cfg = config_of(request)
     to = None
     if "to" in params:
         raw = params["to"]
@@ -298,7 +295,7 @@ async def check_callable(request: Request, user: Principal) -> Response:
             to = normalize(raw, cfg.accounts.default_region)
         except InvalidPhone as exc:
             raise HTTPException(422, f"to: {exc}") from None
-    guard = Guardrails(cfg.guardrails, sessions_of(request), _clock(request))
+    guard = Guardrails(cfg.guardrails, sessions_of(request), clock_of(request))
     args = (sessions_of(request), guard, user, client_addr(request), number, to)
     answer = await run_in_threadpool(_callable, *args)
     if answer is None:

@@ -1,0 +1,244 @@
+"""Make a Call: a collector asks for a call to an account's customer; and how any call stands.
+
+`POST /api/calls {"account": "10042", "to": "+12125550101"}` rings the collector's own phone
+first (their softphone, else their configured SIP URI); when they answer, a worker dials the
+customer through the trunk with the configured caller ID and bridges the two. The number must
+be one of the account's contacts (the API never dials a number typed in freely), and the
+outbound guardrails (voice/routing/guardrails.py) must allow the call now: a refusal answers
+409 (not now) or 403 (never to this number) with the rule, the reason and when calling becomes
+allowed, and is audited as `call.refused`.
+
+`GET /api/calls/{id}` is the call as it stands: status, times, and its progress events
+(ringing the collector, dialling the customer, bridged, ...), for the page to poll.
+
+Guardrails are checked here, before the worker is asked: two requests racing for the last
+allowed attempt can both pass (the attempt is counted once the worker journals the call).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from accounts import audit
+from accounts.models import Account, Call, CallEvent, Collector, Contact, Softphone
+from accounts.phones import InvalidPhone, normalize
+from accounts.users import Principal
+from voice.api.auth import (
+    client_addr,
+    clock_of,
+    config_of,
+    deny,
+    requires,
+    sees_account,
+    sessions_of,
+)
+from voice.api.notes import READERS, iso, visible_account
+from voice.api.openapi import documented, error_responses
+from voice.api.params import int_id, read_json
+from voice.routing.guardrails import Guardrails, record_refusal
+
+DIALERS = ("collector",)  # the phone that rings first is the requester's own
+PLACED = "call.place"  # audit action of an accepted request
+_CALL_PARAM = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+class Refused(Exception):
+    def __init__(self, body: dict[str, Any], status: int) -> None:
+        super().__init__(body["reason"])
+        self.body, self.status = body, status
+
+
+@requires(*DIALERS)
+@documented(
+    requestBody={
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["account"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "account": {"type": "string", "description": "account number"},
+                        "to": {
+                            "type": "string",
+                            "description": "one of the account's contact numbers, any "
+                            "spelling; default: its first contact",
+                        },
+                    },
+                }
+            }
+        },
+    },
+    responses={
+        "202": {"description": "the collector's phone is ringing: `call_id`, `status_url`"},
+        "403": {"description": "the destination is not allowed (`rule`, `reason`)"},
+        "409": {"description": "not now: calling hours, attempts, quiet days (`allowed_from`)"},
+        "503": {"description": "no call worker can take the call now"},
+        **error_responses("404", "422"),
+    },
+)
+async def place_call(request: Request, user: Principal) -> Response:
+    """Ring my phone, then the account's customer, and bridge us (click-to-call)."""
+    data = await read_json(request)
+    unknown = set(data) - {"account", "to"}
+    if unknown:
+        raise HTTPException(422, f"unknown field(s): {', '.join(sorted(unknown))}")
+    number, to = data.get("account"), data.get("to")
+    if not isinstance(number, str) or not number:
+        raise HTTPException(422, "account: expected an account number")
+    if to is not None and not isinstance(to, str):
+        raise HTTPException(422, "to: expected a phone number")
+    cfg = config_of(request)
+    guard = Guardrails(cfg.guardrails, sessions_of(request), clock_of(request))
+    args = (sessions_of(request), guard, user, client_addr(request), number, to)
+    try:
+        plan = await run_in_threadpool(_plan, *args, cfg.accounts.default_region)
+    except Refused as refused:
+        return JSONResponse(refused.body, status_code=refused.status)
+    fleet = getattr(request.app.state, "fleet", None)
+    if fleet is None:
+        raise HTTPException(503, "no call workers behind this API")
+    try:
+        placed = await fleet.click_to_call(caller_id=cfg.guardrails.caller_id, **plan)
+    except (LookupError, RuntimeError) as exc:
+        raise HTTPException(503, str(exc)) from None
+    call_id = placed.get("call_id")
+    body = {"call_id": call_id, "status_url": f"/api/calls/{call_id}", **placed}
+    return JSONResponse(body, status_code=202)
+
+
+def _plan(
+    sessions: sessionmaker[Session],
+    guard: Guardrails,
+    user: Principal,
+    addr: str | None,
+    number: str,
+    to: str | None,
+    region: str,
+) -> dict[str, Any]:
+    """Who rings first and whom they reach, once every check passed.
+
+    Refusals raise only after the transaction that audited them has committed.
+    """
+    refused: Refused | None = None
+    with sessions.begin() as session:
+        account = visible_account(session, user, addr, number)  # audits a denial
+        if account is None:
+            refused = Refused({"error": "not found", "reason": f"no account {number}"}, 404)
+        else:
+            collector = _line(session, user)
+            customer = _contact(session, account, to, region)
+            refusal = guard.check(account.id, customer)
+            if refusal is not None:
+                record_refusal(session, user, addr, number, customer, refusal)
+                body = {"error": "refused", "to": customer, **refusal.as_dict()}
+                refused = Refused(body, refusal.status)
+            else:
+                audit.record(session, user, addr, PLACED, "account", number, {"to": customer})
+    if refused is not None:
+        raise refused
+    return {
+        "collector": collector,
+        "customer": customer,
+        "account_id": account.id,
+        "user": user.name,
+    }
+
+
+def _line(session: Session, user: Principal) -> str:
+    """The collector's phone: `softphone:<user>` (via Kamailio) or their SIP URI."""
+    if user.collector_id is None:
+        raise HTTPException(422, f"user {user.name} is not a collector: no phone to ring first")
+    softphone = session.scalar(
+        select(Softphone.username)
+        .where(Softphone.collector_id == user.collector_id)
+        .order_by(Softphone.id)
+        .limit(1)
+    )
+    if softphone is not None:
+        return f"softphone:{softphone}"
+    collector = session.get(Collector, user.collector_id)
+    if collector is None or not collector.sip_uri:
+        raise HTTPException(422, "no softphone and no SIP URI for this collector")
+    return collector.sip_uri
+
+
+def _contact(session: Session, account: Account, to: str | None, region: str) -> str:
+    numbers = list(
+        session.scalars(
+            select(Contact.phone_e164).where(Contact.account_id == account.id).order_by(Contact.id)
+        )
+    )
+    if to is None:
+        if not numbers:
+            raise HTTPException(422, f"account {account.number} has no contact number")
+        return numbers[0]
+    try:
+        e164 = normalize(to, region)
+    except InvalidPhone as exc:
+        raise HTTPException(422, f"to: {exc}") from None
+    if e164 not in numbers:
+        raise HTTPException(422, f"to: {e164} is not a contact number of account {account.number}")
+    return e164
+
+
+@requires(*READERS)
+@documented(
+    parameters=[_CALL_PARAM],
+    responses={
+        "200": {
+            "description": "direction, status, parties, times, end reason, and every "
+            "progress event so far (`events`: at, kind, detail)"
+        },
+        **error_responses("404"),
+    },
+)
+async def call_status(request: Request, user: Principal) -> Response:
+    """How a call stands: in progress (and at which step) or how it ended."""
+    call_id = int_id(request, "call_id")
+    args = (sessions_of(request), user, client_addr(request), call_id)
+    return JSONResponse(await run_in_threadpool(_status, *args))
+
+
+def _status(
+    sessions: sessionmaker[Session], user: Principal, addr: str | None, call_id: int
+) -> dict[str, Any]:
+    with sessions() as session:
+        call = session.get(Call, call_id)
+        account = session.get(Account, call.account_id) if call and call.account_id else None
+        if call is None or not sees_account(user, account.collector_id if account else None):
+            deny(sessions, user, addr, "call", call_id, "no such call for this user")
+            raise HTTPException(404, f"no call {call_id}")
+        events = session.scalars(
+            select(CallEvent).where(CallEvent.call_id == call_id).order_by(CallEvent.seq)
+        )
+        body = {
+            "id": call.id,
+            "direction": call.direction,
+            "status": call.status,
+            "account": account.number if account else None,
+            "caller": call.caller,
+            "callee": call.callee,
+            "started_at": iso(call.started_at),
+            "answered_at": iso(call.answered_at),
+            "ended_at": iso(call.ended_at),
+            "end_reason": call.end_reason,
+            "events": [{"at": iso(e.at), "kind": e.kind, **e.detail} for e in events],
+        }
+    audit.record(sessions, user, addr, "call.read", "call", call_id)
+    return body
+
+
+ROUTES = [
+    Route("/calls", place_call, methods=["POST"]),
+    Route("/calls/{call_id}", call_status, methods=["GET"]),
+]
