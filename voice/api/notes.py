@@ -53,7 +53,11 @@ _NOTE_SCHEMA = {
         "call_id": {"type": ["integer", "null"]},
         "created_at": {"type": "string", "format": "date-time"},
         "author": {"type": "string"},
-        "kind": {"type": "string", "description": "manual, or call (written by the IVR)"},
+        "kind": {
+            "type": "string",
+            "description": "manual; call (written by the IVR); outcome (a collector marked the "
+            "call); voicemail (a message left for the collector)",
+        },
         "body": {"type": "string"},
         "call": {
             "type": ["object", "null"],
