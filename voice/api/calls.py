@@ -54,7 +54,7 @@ async def _set_pause(request: Request, user: Principal, paused: bool) -> Respons
     call_id = int_id(request, "call_id")
     action = "recording.pause" if paused else "recording.resume"
     args = (sessions_of(request), user, client_addr(request), call_id, action)
-    await run_in_threadpool(_check_and_audit, *args)
+    await run_in_threadpool(check_call_access, *args)
     fleet = getattr(request.app.state, "fleet", None)
     if fleet is None:
         raise HTTPException(503, "no call workers behind this API")
@@ -81,7 +81,7 @@ async def call_transcript(request: Request, user: Principal) -> Response:
     """The call's transcript: live while it runs, stored once it has ended."""
     call_id = int_id(request, "call_id")
     args = (sessions_of(request), user, client_addr(request), call_id, "transcript.read")
-    status = await run_in_threadpool(_check_and_audit, *args, require_live=False)
+    status = await run_in_threadpool(check_call_access, *args, require_live=False)
     rows = await run_in_threadpool(_stored_transcript, sessions_of(request), call_id)
     body: dict[str, Any] = {"call_id": call_id, "status": status, "segments": rows, "partial": {}}
     fleet = getattr(request.app.state, "fleet", None)
@@ -104,7 +104,7 @@ def _stored_transcript(sessions: sessionmaker[Session], call_id: int) -> list[di
         return [t.as_dict() for t in rows]
 
 
-def _check_and_audit(
+def check_call_access(
     sessions: sessionmaker[Session],
     user: Principal,
     addr: str | None,

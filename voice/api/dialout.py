@@ -35,11 +35,10 @@ from voice.api.auth import (
     client_addr,
     clock_of,
     config_of,
-    deny,
     requires,
-    sees_account,
     sessions_of,
 )
+from voice.api.calls import check_call_access
 from voice.api.notes import READERS, iso, visible_account
 from voice.api.openapi import documented, error_responses
 from voice.api.params import int_id, read_json
@@ -212,16 +211,15 @@ async def call_status(request: Request, user: Principal) -> Response:
 def _status(
     sessions: sessionmaker[Session], user: Principal, addr: str | None, call_id: int
 ) -> dict[str, Any]:
+    check_call_access(sessions, user, addr, call_id, "call.read", require_live=False)
     with sessions() as session:
         call = session.get(Call, call_id)
-        account = session.get(Account, call.account_id) if call and call.account_id else None
-        if call is None or not sees_account(user, account.collector_id if account else None):
-            deny(sessions, user, addr, "call", call_id, "no such call for this user")
-            raise HTTPException(404, f"no call {call_id}")
+        assert call is not None  # checked above; calls are never deleted
+        account = session.get(Account, call.account_id) if call.account_id else None
         events = session.scalars(
             select(CallEvent).where(CallEvent.call_id == call_id).order_by(CallEvent.seq)
         )
-        body = {
+        return {
             "id": call.id,
             "direction": call.direction,
             "status": call.status,
@@ -234,8 +232,6 @@ def _status(
             "end_reason": call.end_reason,
             "events": [{"at": iso(e.at), "kind": e.kind, **e.detail} for e in events],
         }
-    audit.record(sessions, user, addr, "call.read", "call", call_id)
-    return body
 
 
 ROUTES = [
