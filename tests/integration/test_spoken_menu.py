@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from accounts.models import Call, CallEvent, Transcript
 from tests.asr_audio import concat, espeak, noise, silence
+from tests.integration.audio import match_pieces
 from tests.integration.conftest import (
     Server,
     last_call_id,
@@ -35,6 +36,8 @@ from tests.integration.conftest import (
     wait_for,
 )
 from tests.integration.test_api import api, token_of, voice_users
+from voice.config import TtsConfig
+from voice.ivr.clips import ClipLibrary
 
 RATE = 16000
 KNOWN = "+12125550101"  # Northwind in the demo data: straight to the menu by caller ID
@@ -175,12 +178,23 @@ def test_caller_speech_cuts_the_prompt_and_is_transcribed_with_timings(
 
 def test_silence_reprompts_without_a_choice(server: Server, tmp_path: Path) -> None:
     # The menu times out after 6 s of nothing: "no input", then the menu again.
-    [report] = run_ua(server, "audio;wait:22;hangup")
+    [report] = run_ua(server, "audio;wait:22;hangup", record=tmp_path / "heard")
     assert not report["error"], report
     events = events_of(server, last_call_id(server, KNOWN))
     assert [k for k, _ in events if k == "no_input"], events
     assert not [d for k, d in events if k == "choice"]
     assert not said_events(events)
+    # The IVR's own voice, transcribed on its own stream all along, never cut its prompt:
+    # the caller heard the whole menu.
+    heard, _ = sf.read(report["record"], dtype="int16")
+    clips = ClipLibrary(
+        TtsConfig(), server.data_dir / "cache" / "tts", server.data_dir / "prompts",
+        "Acme Receivables",
+    )  # fmt: skip
+    scores, jump, _ = match_pieces(heard, clips.render(["menu"]))
+    assert scores and min(scores) > 0.6, f"menu not heard whole (pieces {scores})"
+    assert sorted(scores)[len(scores) // 10] > 0.85, f"menu damaged (pieces {scores})"
+    assert jump < 0.1
 
 
 def test_noise_is_not_a_choice(server: Server, tmp_path: Path) -> None:
