@@ -33,17 +33,28 @@ class RecordingBook:
         self._cfg = cfg
         self.root = cfg.recordings_dir
 
-    def open(self, call_id: int, started_at: dt.datetime | None = None) -> tuple[int, Path]:
-        """A new recording row for the call; returns its id and the WAV to record into."""
+    def open(
+        self,
+        call_id: int,
+        started_at: dt.datetime | None = None,
+        *,
+        kind: str = "call",
+        channels: int = 1,
+    ) -> tuple[int, Path]:
+        """A new recording row for the call; returns its id and the WAV to record into.
+
+        A call may have several: the whole call (mono, both directions mixed), the part bridged
+        to a collector (`channels=2`: customer left, collector right) and a `voicemail`.
+        """
         started_at = started_at or utcnow()
         with self._sessions.begin() as session:
             rec = Recording(
                 call_id=call_id,
-                kind="call",
+                kind=kind,
                 path="pending",
                 format="flac",
                 sample_rate=SAMPLE_RATE,
-                channels=1,
+                channels=channels,
                 status="recording",
                 started_at=started_at,
                 retain_until=retain_until_for(started_at, self._cfg),
@@ -106,6 +117,18 @@ class RecordingBook:
             _annotate_note(session, rec)
         return rec
 
+    def annotate(self, call_id: int) -> None:
+        """Add the lines of the call's recordings finalised before its note was written (a
+        bridged part closes when the agent call ends, before the IVR files the note)."""
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(Recording)
+                .where(Recording.call_id == call_id, Recording.status != "recording")
+                .order_by(Recording.id)
+            )
+            for rec in rows:
+                _annotate_note(session, rec)
+
     def mark_pause(self, recording_id: int, at_s: float, paused: bool) -> None:
         """Record a PCI gap: a pause opens one, a resume closes the open one."""
         with self._sessions.begin() as session:
@@ -151,7 +174,10 @@ class RecordingBook:
 
 
 def recording_line(rec: Recording) -> str:
-    line = f"Recording {rec.id}: {rec.duration_s or 0:.1f} s, {rec.format.upper()}, {rec.status}"
+    what = {1: "", 2: ", 2 channels (customer left, collector right)"}.get(rec.channels, "")
+    line = (
+        f"Recording {rec.id}: {rec.duration_s or 0:.1f} s, {rec.format.upper()}{what}, {rec.status}"
+    )
     if rec.sha256:
         line += f", SHA-256 {rec.sha256[:16]}…"
     if rec.loss:
@@ -160,9 +186,11 @@ def recording_line(rec: Recording) -> str:
 
 
 def _annotate_note(session: Session, rec: Recording) -> None:
-    """Add the recording's line to the call's note (written at hang-up, before the file closed)."""
+    """Add the recording's line to the call's note (written at hang-up, before the file closed);
+    a voicemail's to its voicemail note."""
+    note_kind = "voicemail" if rec.kind == "voicemail" else "call"
     note = session.scalars(
-        select(Note).where(Note.call_id == rec.call_id, Note.kind == "call").order_by(Note.id)
+        select(Note).where(Note.call_id == rec.call_id, Note.kind == note_kind).order_by(Note.id)
     ).first()
     if note is not None and f"Recording {rec.id}:" not in note.body:
         note.body = f"{note.body}\n{recording_line(rec)}"

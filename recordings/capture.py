@@ -5,15 +5,24 @@ writes the RIFF sizes only when it closes. A process killed mid-call leaves size
 WAV is read here by its data chunk, never trusting the sizes. Finalising writes FLAC next to it
 (lossless), hashes it, and only then deletes the WAV: at every moment one complete copy exists.
 If the FLAC cannot be written (disk full), the WAV itself is kept as the recording.
+
+`WavWriter` is the other writer: for audio whose channels must stay apart (a bridged call,
+customer left and collector right) or that comes from a tap (a voicemail). Each channel's sink
+only queues a 20 ms frame (it runs on pjmedia's clock thread); the writer's own thread appends
+interleaved frames to a WAV laid out like pjmedia's (sizes 0 until closed), so the same repair
+and finalising apply.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
 import os
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +104,125 @@ def _fix_wav_sizes(wav: Path, data_bytes: int) -> None:
         f.seek(data + 4)
         f.write(struct.pack("<I", data_bytes))
         f.truncate(data + 8 + data_bytes)
+
+
+WRITE_INTERVAL = 0.1  # seconds between the writer thread's appends
+MAX_SKEW_FRAMES = 25  # a channel this far behind the others is padded with silence (0.5 s)
+MAX_BACKLOG_FRAMES = 3000  # 60 s of 20 ms frames queued per channel before frames are dropped
+
+
+class WavWriter:
+    """16-bit PCM WAV of `channels` channels, fed frame by frame from the media thread.
+
+    The media clock ticks every port of the bridge in the same pass, so the channels' frames
+    arrive in step; a channel whose tap stops (its call left the bridge) is padded with silence
+    so the others keep their timeline. `max_seconds` caps the file (a voicemail's length).
+    While `paused` (PCI), silence is written instead of audio.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        channels: int,
+        rate: int = 16000,
+        frame_bytes: int = 640,
+        max_seconds: float | None = None,
+    ) -> None:
+        self.path = path
+        self.channels = channels
+        self.rate = rate
+        self.paused = False
+        self.dropped = 0
+        self.frames = 0  # frames written per channel
+        self._frame_bytes = frame_bytes
+        self._silence = bytes(frame_bytes)
+        self._max_frames = (
+            None if max_seconds is None else int(max_seconds * rate * 2 / frame_bytes)
+        )
+        self._queues: list[collections.deque[bytes]] = [
+            collections.deque() for _ in range(channels)
+        ]
+        self._closed = False
+        self._stop = threading.Event()
+        self._file = path.open("wb")
+        self._file.write(_wav_header(channels, rate))
+        self._file.flush()
+        self._thread = threading.Thread(target=self._run, name=f"wav-{path.stem}", daemon=True)
+        self._thread.start()
+
+    def sink(self, channel: int) -> Callable[[bytes], None]:
+        """The frame sink of `channel` (0 = left): only queues, safe on the media thread."""
+        queue = self._queues[channel]
+
+        def feed(pcm: bytes) -> None:
+            if self._closed or self.full:
+                return
+            if len(queue) >= MAX_BACKLOG_FRAMES:
+                self.dropped += 1
+                return
+            queue.append(pcm)
+
+        return feed
+
+    @property
+    def seconds(self) -> float:
+        return self.frames * self._frame_bytes / 2 / self.rate
+
+    @property
+    def full(self) -> bool:
+        return self._max_frames is not None and self.frames >= self._max_frames
+
+    def close(self) -> float:
+        """Write what is queued, then the WAV sizes; the recorded seconds. Blocks briefly."""
+        if not self._closed:
+            self._closed = True
+            self._stop.set()
+            self._thread.join(10)
+            try:
+                self._file.close()
+            finally:
+                _fix_wav_sizes(self.path, self.frames * self._frame_bytes * self.channels)
+        return self.seconds
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(WRITE_INTERVAL):
+                self._drain(final=False)
+            self._drain(final=True)
+        except Exception:  # disk full, closed file: the call goes on, the loss is measured later
+            log.exception("%s: writing stopped", self.path.name)
+
+    def _drain(self, *, final: bool) -> None:
+        lengths = [len(q) for q in self._queues]
+        count = min(lengths)
+        if final or max(lengths) - count > MAX_SKEW_FRAMES:
+            count = max(lengths)
+        if self._max_frames is not None:
+            count = min(count, self._max_frames - self.frames)
+        if count <= 0:
+            return
+        columns = []
+        for queue in self._queues:
+            frames = [queue.popleft() if queue else self._silence for _ in range(count)]
+            if self.paused:
+                frames = [self._silence] * count
+            columns.append(np.frombuffer(b"".join(frames), dtype="<i2"))
+        block = np.stack(columns, axis=1) if self.channels > 1 else columns[0]
+        self._file.write(np.ascontiguousarray(block, dtype="<i2").tobytes())
+        self._file.flush()
+        self.frames += count
+
+
+def _wav_header(channels: int, rate: int) -> bytes:
+    """A 44-byte PCM WAV header with zero sizes, as a writer that has not closed leaves it."""
+    align = 2 * channels
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * align, align, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 0)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + (b"data" + struct.pack("<I", 0))
+    )

@@ -332,6 +332,24 @@ class GuardrailsConfig:
 
 
 @dataclass(frozen=True)
+class AgentsConfig:
+    """Reaching a person: agent transfer, voicemail, collector call legs (voice/routing/)."""
+
+    ring_timeout: float = 20.0
+    try_team: bool = True
+    team_size: int = 3
+    voicemail: bool = True
+    voicemail_max_seconds: float = 120.0
+    customer_ring_timeout: float = 45.0
+
+    def validate(self) -> None:
+        _check_range("agents.ring_timeout", self.ring_timeout, 1.0, 300.0)
+        _check_range("agents.team_size", self.team_size, 0, 20)
+        _check_range("agents.voicemail_max_seconds", self.voicemail_max_seconds, 5.0, 600.0)
+        _check_range("agents.customer_ring_timeout", self.customer_ring_timeout, 5.0, 300.0)
+
+
+@dataclass(frozen=True)
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -346,6 +364,7 @@ class Config:
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     guardrails: GuardrailsConfig = field(default_factory=GuardrailsConfig)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
 
     @property
     def data_dir(self) -> Path:

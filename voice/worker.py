@@ -32,8 +32,13 @@ from voice.control import ControlServer
 from voice.fleet import WorkerSpec
 from voice.ivr.clips import ClipLibrary
 from voice.ivr.inbound import InboundFlow
+from voice.routing import outbound
+from voice.routing.guardrails import Guardrails, Refusal
+from voice.routing.line import CallLine
+from voice.routing.transfer import Agent, AgentTransfer, agents_for, ring_outcome, route_of
 from voice.sip.call import ANSWER_TIMEOUT, SipCall
 from voice.sip.engine import CallIdentity, Events, SipEngine
+from voice.sip.uri import reason_header
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +49,8 @@ RING_TIMEOUT = 45.0  # seconds a call we place may ring before it counts as unan
 # A softphone user (Kamailio's registrar) or a phone number (Kamailio's gateway); nothing else
 # may reach a SIP URI we build.
 DIALABLE = re.compile(r"\+?[0-9]{3,15}|[a-z0-9._-]{1,64}")
+# A URI a leg may be placed to (a collector's configured sip_uri, or one built above).
+LEG_URI = re.compile(r"sips?:[A-Za-z0-9+._~*#()-]{1,64}@[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?")
 
 
 class AsyncLedger:
@@ -134,6 +141,9 @@ class Worker(Events):
         self.speech: dict[int, CallSpeech] = {}  # engine key -> the call's live speech
         self._storing: dict[int, set[asyncio.Task[None]]] = {}  # call id -> utterance writes
         sessions = make_sessions(make_engine(cfg.database_url, cfg.database.busy_timeout_ms))
+        self.sessions = sessions
+        self.guardrails = Guardrails(cfg.guardrails, sessions)
+        self._new_legs: dict[int, SipCall] = {}  # legs placed, until `place_leg` takes them
         self.ledger = AsyncLedger(Ledger(sessions, region=cfg.accounts.default_region))
         self.journal = CallJournal(sessions)
         self.clips = ClipLibrary(
@@ -155,6 +165,8 @@ class Worker(Events):
                 "dial": self.dial,
                 "pause_recording": self.pause_recording,
                 "transcript": self.transcript,
+                "click_to_call": self.click_to_call,
+                "call_status": self.call_status,
             },
         )
 
@@ -254,7 +266,11 @@ class Worker(Events):
         assert self.engine is not None
         call = SipCall(self.engine, identity, self.clips.render, answer_timeout)
         self.calls[identity.key] = call
-        task = asyncio.create_task(self._run_call(call), name=f"call-{identity.key}")
+        if identity.purpose == "leg":  # driven by whoever placed it (voice/routing/line.py)
+            self._new_legs[identity.key] = call
+            return
+        run = self._run_softphone(call) if identity.softphone else self._run_call(call)
+        task = asyncio.create_task(run, name=f"call-{identity.key}")
         self.tasks[identity.key] = task
         task.add_done_callback(lambda _t: self._forget(identity.key))
 
@@ -308,20 +324,314 @@ class Worker(Events):
                 self._background(self._note_answer(call, call_id))
             await self._start_recording(call, call_id)
             await self._start_speech(call, call_id)
+            journal = CallLog(self.journal, call_id)
             flow = InboundFlow(
                 call,
                 self.ledger,
-                CallLog(self.journal, call_id),
+                journal,
                 self.cfg.ivr,
+                agent=self._transfer(call, call_id, journal),
                 direction="outbound" if outbound else "inbound",
             )
             await flow.run()
+            await self._annotate(call_id)
         except Exception:
             log.exception("call %s failed", call.identity.sip_call_id)
             await call.hangup()
         finally:
             if speech := self.speech.pop(call.identity.key, None):
                 await self._finish_speech(speech, self.call_ids.get(call.identity.key))
+
+    # -- agents: transfer, legs, click-to-call, softphone calls ----------------------------------
+
+    def _transfer(self, call: SipCall, call_id: int, journal: CallLog) -> AgentTransfer:
+        agents = self.cfg.agents
+
+        async def directory(account: AccountSummary) -> list[Agent]:
+            def find() -> list[Agent]:
+                with self.sessions() as session:
+                    return agents_for(
+                        session,
+                        account.collector_id,
+                        realm=self.cfg.kamailio.realm,
+                        proxy=self.spec.proxy is not None,
+                        try_team=agents.try_team,
+                        team_size=agents.team_size,
+                    )
+
+            return await retry_db(EVENT_TRIES, find)
+
+        line = CallLine(self, call_id, journal, waiting=call)
+        return AgentTransfer(agents, line, directory, journal, time.monotonic)
+
+    async def place_leg(
+        self,
+        uri: str,
+        *,
+        from_uri: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> SipCall:
+        """Place a call that runs no IVR (a collector, a click-to-call customer)."""
+        assert self.engine is not None
+        if not LEG_URI.fullmatch(uri):
+            raise ValueError(f"not a SIP URI a call may be placed to: {uri!r}")
+        identity = await self.engine.dial(uri, from_uri=from_uri, headers=headers, purpose="leg")
+        # `outgoing` ran before this resumes (the engine posts it before returning).
+        return self._new_legs.pop(identity.key)
+
+    async def mark_answered(self, call_id: int) -> None:
+        await retry_db(EVENT_TRIES, self.journal.answered, call_id)
+
+    async def click_to_call(
+        self,
+        collector: int | str,
+        customer: str,
+        account_id: int,
+        user: str,
+        caller_id: str = "",
+    ) -> dict[str, Any]:
+        """Ring the collector, then dial `customer` and bridge them (voice/routing/outbound.py).
+
+        Returns once the collector's phone is ringing: {"call_id", "worker", "sip_call_id"}.
+        The lead's API checks the guardrails before asking; the worker checks the inputs.
+        """
+        assert self.engine is not None
+        if self.spec.proxy is None:
+            raise RuntimeError("click-to-call needs Kamailio (workers.count != 1)")
+        if not outbound.E164.fullmatch(str(customer)):
+            raise ValueError("'customer' must be an E.164 number like +12125550101")
+        caller_id = caller_id or self.cfg.guardrails.caller_id
+        if caller_id and not outbound.E164.fullmatch(caller_id):
+            raise ValueError("'caller_id' must be an E.164 number or empty")
+        if not isinstance(user, str) or not 1 <= len(user) <= 100:
+            raise ValueError("'user' must name who asked (1-100 characters)")
+        agent = await asyncio.to_thread(self._agent_of, collector)
+        if agent is None:
+            raise LookupError(f"collector {collector!r} has no softphone or sip_uri to ring")
+        leg = await self.place_leg(agent.uri, from_uri=None)
+        call_id = await retry_db(
+            NOTE_TRIES,
+            self.journal.start_call,
+            direction="outbound",
+            caller=caller_id or None,
+            callee=customer,
+            worker=self.name,
+            sip_call_id=leg.identity.sip_call_id,
+        )
+        journal = CallLog(self.journal, call_id)
+        await retry_db(EVENT_TRIES, self.journal.set_account, call_id, int(account_id))
+        self.call_ids[leg.key] = call_id
+        await journal.event(
+            "click_to_call",
+            {
+                "collector_id": agent.collector_id,
+                "collector": agent.name,
+                "via": agent.via,
+                "user": user,
+                "to": customer,
+                "caller_id": caller_id or None,
+            },
+        )
+        run = self._click_to_call(leg, agent, call_id, journal, customer, caller_id, user)
+        task = asyncio.create_task(run, name=f"c2c-{call_id}")
+        self.tasks[leg.key] = task
+        task.add_done_callback(lambda _t: self._forget(leg.key))
+        return {"call_id": call_id, "worker": self.name, "sip_call_id": leg.identity.sip_call_id}
+
+    def _agent_of(self, collector: int | str) -> Agent | None:
+        from sqlalchemy import select
+
+        from accounts.models import Collector, Softphone
+
+        with self.sessions() as session:
+            if isinstance(collector, int) or str(collector).isdigit():
+                found = session.get(Collector, int(collector))
+            else:
+                found = session.scalar(select(Collector).where(Collector.name == collector))
+            if found is None or not found.active:
+                return None
+            phones = list(
+                session.scalars(
+                    select(Softphone.username).where(Softphone.collector_id == found.id)
+                )
+            )
+            return route_of(
+                found, phones, realm=self.cfg.kamailio.realm, proxy=self.spec.proxy is not None
+            )
+
+    async def _click_to_call(
+        self,
+        leg: SipCall,
+        agent: Agent,
+        call_id: int,
+        journal: CallLog,
+        customer: str,
+        caller_id: str,
+        user: str,
+    ) -> None:
+        status, reason, summary = "completed", "", ""
+        head = f"Click-to-call to {customer} by {agent.name} ({agent.via}) for {user}" + (
+            f", presenting {caller_id}." if caller_id else "."
+        )
+        try:
+            await journal.event("collector_ringing", {"name": agent.name, "via": agent.via})
+            line = CallLine(self, call_id, journal)
+            try:
+                answered = await asyncio.wait_for(leg.wait_answered(), self.cfg.agents.ring_timeout)
+            except TimeoutError:
+                answered = False
+            if not answered or leg.ended:
+                timed_out = not leg.ended
+                await leg.hangup()
+                outcome = ring_outcome(False, timed_out, leg.end_code)
+                await journal.event("collector_" + outcome, {"code": leg.end_code})
+                reason = f"collector {outcome.replace('_', ' ')}"
+                summary = f"The collector's phone: {outcome.replace('_', ' ')}."
+                return
+            await journal.event("collector_answered", {"name": agent.name})
+            line.waiting = leg
+            reason, summary = await outbound.connect_customer(
+                line, leg, e164=customer, caller_id=caller_id, collector=agent.name, user=user
+            )
+        except asyncio.CancelledError:
+            status, reason = "interrupted", "server shutting down"
+            raise
+        except Exception as exc:
+            log.exception("click-to-call %d failed", call_id)
+            status, reason = "failed", f"error: {type(exc).__name__}"
+            await leg.hangup()
+        finally:
+            await self._finish(call_id, status, reason, f"{head}\n{summary}".strip(), agent.name)
+
+    async def _finish(
+        self, call_id: int, status: str, reason: str, summary: str, author: str
+    ) -> None:
+        def finish() -> None:
+            self.journal.finish_call(
+                call_id,
+                status=status,
+                end_reason=reason[:100],
+                summary=f"{summary}\nEnded: {reason}.",
+                author=author[:100],
+            )
+
+        try:
+            await retry_db(NOTE_TRIES, finish)
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: note not written: %s", call_id, exc)
+        await self._annotate(call_id)
+
+    async def _annotate(self, call_id: int) -> None:
+        try:
+            await retry_db(EVENT_TRIES, self.book.annotate, call_id)
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: recording lines not added to the note: %s", call_id, exc)
+
+    async def call_status(self, call_id: int) -> dict[str, Any]:
+        """A collector-placed call's progress, from its events (any worker's, in the DB)."""
+        events = await asyncio.to_thread(self.journal.events, int(call_id))
+        return {
+            "call_id": int(call_id),
+            "status": outbound.status_of(events),
+            "events": [{"kind": k, **d} for k, d in events],
+        }
+
+    async def _run_softphone(self, phone: SipCall) -> None:
+        """A collector's softphone dialled a number: check it, refuse (403) or connect it."""
+        assert self.engine is not None
+        ident = phone.identity
+        assert ident.softphone is not None
+
+        def check() -> outbound.SoftphoneCall | Refusal:
+            with self.sessions() as session:
+                return outbound.check_softphone_call(
+                    self.cfg, session, self.guardrails, ident.softphone or "", ident.dialled
+                )
+
+        try:
+            decision = await retry_db(EVENT_TRIES, check)
+        except Exception:
+            log.exception("softphone call from %s could not be checked", ident.softphone)
+            await self.engine.answer(ident.key, 500, "Server Internal Error")
+            return
+        if isinstance(decision, Refusal):
+            log.warning(
+                "softphone %s: call to %r refused (%s): %s",
+                ident.softphone,
+                ident.dialled,
+                decision.rule,
+                decision.reason,
+            )
+            self.metrics["softphone_calls_refused_total"] += 1
+            await self.engine.answer(
+                ident.key, 403, "Forbidden", (("Reason", reason_header(403, decision.reason)),)
+            )
+            await asyncio.to_thread(
+                outbound.audit_softphone_refusal,
+                self.sessions,
+                ident.softphone,
+                None,
+                ident.dialled,
+                decision,
+            )
+            return
+        await self._softphone_call(phone, decision)
+
+    async def _softphone_call(self, phone: SipCall, call: outbound.SoftphoneCall) -> None:
+        assert self.engine is not None
+        caller_id = self.cfg.guardrails.caller_id
+        call_id = await retry_db(
+            NOTE_TRIES,
+            self.journal.start_call,
+            direction="outbound",
+            caller=caller_id or None,
+            callee=call.e164,
+            worker=self.name,
+            sip_call_id=phone.identity.sip_call_id,
+        )
+        self.call_ids[phone.key] = call_id
+        journal = CallLog(self.journal, call_id)
+        status, reason, summary = "completed", "", ""
+        head = f"Outbound call to {call.e164} by {call.collector} (softphone {call.softphone})" + (
+            f", presenting {caller_id}." if caller_id else "."
+        )
+        try:
+            await retry_db(EVENT_TRIES, self.journal.set_account, call_id, call.account_id)
+            await journal.event(
+                "softphone_call",
+                {
+                    "softphone": call.softphone,
+                    "collector_id": call.collector_id,
+                    "collector": call.collector,
+                    "to": call.e164,
+                    "account": call.account,
+                    "caller_id": caller_id or None,
+                },
+            )
+            await self.engine.answer(phone.key, 200)
+            if not await phone.wait_answered():
+                reason = "collector hung up before the customer was dialled"
+                return
+            line = CallLine(self, call_id, journal, waiting=phone)
+            reason, summary = await outbound.connect_customer(
+                line,
+                phone,
+                e164=call.e164,
+                caller_id=caller_id,
+                collector=call.collector,
+                user=f"softphone:{call.softphone}",
+            )
+        except asyncio.CancelledError:
+            status, reason = "interrupted", "server shutting down"
+            raise
+        except Exception as exc:
+            log.exception("softphone call %d failed", call_id)
+            status, reason = "failed", f"error: {type(exc).__name__}"
+            await phone.hangup()
+        finally:
+            await self._finish(
+                call_id, status, reason, f"{head}\n{summary}".strip(), call.collector
+            )
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -3,6 +3,11 @@
 Runs in its own process (one pjsua2 Endpoint per process). It places up to 4 calls, follows a
 step script on each, records what it hears to WAV, and prints one JSON object per call.
 
+With `--answer` it places no call: it answers up to `--calls` incoming calls (the customer's
+phone a worker dials, or the trunk's gateway) and follows the steps on each; the report then
+carries the INVITE's head (`invite`) so a test can check From and P-Asserted-Identity. Digits
+received are logged as `dtmf_in` events.
+
 Steps (`;`-separated): `wait:SECONDS`, `audio[:TIMEOUT]` (until sound is heard),
 `silence:MS[:TIMEOUT]` (until MS of quiet after sound), `dtmf:DIGITS` (one key every 250 ms),
 `hangup`, `expect_end[:TIMEOUT]` (wait for the far end to hang up), `say:FILE.wav` (start
@@ -91,13 +96,22 @@ class Leg:
     next_dtmf_at: float = 0.0
     last_dtmf_at: float | None = None
     error: str = ""
+    invite: str = ""
 
 
 class UaCall(pj.Call):
-    def __init__(self, acc: pj.Account, leg: Leg, media_ready: callable) -> None:
-        super().__init__(acc)
+    def __init__(
+        self, acc: pj.Account, leg: Leg, media_ready: callable, call_id: int = pj.PJSUA_INVALID_ID
+    ) -> None:
+        super().__init__(acc, call_id)
         self.leg = leg
         self.media_ready = media_ready
+
+    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
+        try:
+            self.leg.log.append((time.monotonic(), "dtmf_in", str(prm.digit)))
+        except Exception as exc:
+            self.leg.error = f"onDtmfDigit: {exc}"
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
         try:
@@ -128,7 +142,8 @@ class UaCall(pj.Call):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--target", required=True, help="sip:user@127.0.0.1:PORT")
+    ap.add_argument("--target", default="", help="sip:user@127.0.0.1:PORT (not with --answer)")
+    ap.add_argument("--answer", action="store_true", help="answer incoming calls instead")
     ap.add_argument("--caller", default="+12125550101", help="user part of From")
     ap.add_argument("--sip-port", type=int, required=True)
     ap.add_argument("--rtp-port", type=int, default=30000)
@@ -140,8 +155,8 @@ def main() -> int:
     ap.add_argument("--steps", required=True)
     ap.add_argument("--timeout", type=float, default=60.0, help="hard limit for the whole run")
     args = ap.parse_args()
-    if not 1 <= args.calls <= 4:
-        ap.error("--calls must be 1..4 (pjsua2 wheel limit)")
+    if not (0 if args.answer else 1) <= args.calls <= 4:
+        ap.error("--calls must be 1..4 (pjsua2 wheel limit; 0 with --answer: refuse all, 486)")
 
     ep = pj.Endpoint()
     ep.libCreate()
@@ -168,7 +183,31 @@ def main() -> int:
     acc_cfg.idUri = f"sip:{args.caller}@127.0.0.1:{args.sip_port}"
     acc_cfg.mediaConfig.transportConfig.port = args.rtp_port
     acc_cfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    acc = pj.Account()
+    legs: list[Leg] = []
+    rejected: list[pj.Call] = []
+    steps = [s for s in args.steps.split(";") if s]
+
+    class Answerer(pj.Account):
+        def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
+            try:
+                if len(legs) >= args.calls:
+                    call = pj.Call(self, prm.callId)
+                    op = pj.CallOpParam()
+                    op.statusCode = 486
+                    call.answer(op)
+                    rejected.append(call)  # kept: a collected Call hangs up its slot's next call
+                    return
+                leg = Leg(len(legs), steps, invite=prm.rdata.wholeMsg.split("\r\n\r\n")[0])
+                leg.call = UaCall(self, leg, media_ready, prm.callId)
+                leg.step_started = time.monotonic()
+                legs.append(leg)
+                op = pj.CallOpParam()
+                op.statusCode = 200
+                leg.call.answer(op)
+            except Exception as exc:
+                print(f"onIncomingCall: {exc!r}", file=sys.stderr)
+
+    acc = Answerer() if args.answer else pj.Account()
     acc.create(acc_cfg, True)
 
     def media_ready(leg: Leg, am: pj.AudioMedia) -> None:
@@ -183,14 +222,16 @@ def main() -> int:
                 am.startTransmit(leg.recorder)
                 leg.record_started = time.monotonic()
 
-    steps = [s for s in args.steps.split(";") if s]
-    legs = [Leg(i, steps) for i in range(args.calls)]
+    if not args.answer:
+        legs.extend(Leg(i, steps) for i in range(args.calls))
     start = time.monotonic()
     deadline = start + args.timeout
     started = 0
     while time.monotonic() < deadline:
         now = time.monotonic()
-        if started < len(legs) and now >= start + started * args.stagger:
+        if args.answer:
+            started = len(legs)
+        elif started < len(legs) and now >= start + started * args.stagger:
             leg = legs[started]
             leg.call = UaCall(acc, leg, media_ready)
             prm = pj.CallOpParam(True)
@@ -200,7 +241,8 @@ def main() -> int:
         ep.libHandleEvents(5)
         for leg in legs[:started]:
             advance(leg, time.monotonic(), args.dtmf_method)
-        if started == len(legs) and all(leg.state == "ended" for leg in legs):
+        done = 0 < len(legs) == args.calls and started == len(legs)
+        if done and all(leg.state == "ended" for leg in legs):
             break
     for leg in legs:
         if leg.state != "ended" and leg.call is not None:
@@ -324,6 +366,7 @@ def report(leg: Leg, start: float) -> dict[str, object]:
         # Event times in seconds from the start of the recording (or of the run).
         "events": [[round(t - (base or start), 3), kind, value] for t, kind, value in leg.log],
         "latencies_ms": [round(x, 1) for x in leg.latencies_ms],
+        "invite": leg.invite,
     }
 
 

@@ -27,6 +27,7 @@ from voice.ivr.inbound import (
     MENU,
     SPOKEN_MENU,
     CallRecord,
+    Handoff,
     InboundFlow,
     balance_answer,
     invoice_answer,
@@ -481,24 +482,41 @@ async def test_agent_without_handoff_is_unavailable_and_back_to_menu() -> None:
     assert run.record.actions == ["agent: nobody available", f"balance: {NW_BALANCE_TEXT}"]
 
 
-@pytest.mark.parametrize("connected", [True, False])
-async def test_agent_handoff(connected: bool) -> None:
+@pytest.mark.parametrize("outcome", ["connected", "voicemail", "unavailable"])
+async def test_agent_handoff(outcome: str) -> None:
     handed: list[tuple[Call, AccountSummary]] = []
 
-    async def agent(call: Call, account: AccountSummary) -> bool:
+    async def agent(call: Call, account: AccountSummary) -> Handoff:
         handed.append((call, account))
-        return connected
+        return Handoff(outcome, f"{outcome} text")
 
-    run = await run_flow(ONE_PHONE, ["0", HANGUP], agent=agent)
+    script = ["0", HANGUP] if outcome == "unavailable" else ["0"]
+    run = await run_flow(ONE_PHONE, script, agent=agent)
     assert handed == [(run.call, NORTHWIND)]
-    assert run.call.gathers == [MENU_PROMPT, MENU_PROMPT]
-    if connected:
+    assert ("agent", {"outcome": outcome, "text": f"{outcome} text"}) in run.journal.events
+    assert run.record.actions == [f"agent: {outcome} text"]
+    if outcome == "connected":  # the call ends with the agent call: no menu again
+        assert run.call.gathers == [MENU_PROMPT]
         assert run.played_after_greeting() == []
-        assert run.record.actions == ["agent: connected"]
-        assert run.journal.kinds()[-3:] == ["choice", "agent", "prompt"]
+        assert run.record.end_reason == "agent call ended"
+        assert run.call.hangups == 1
+    elif outcome == "voicemail":
+        assert run.call.gathers == [MENU_PROMPT]
+        assert run.played_after_greeting() == [(["voicemail_thanks"], False)]
+        assert run.record.end_reason == "voicemail left"
+        assert run.call.hangups == 1
     else:
+        assert run.call.gathers == [MENU_PROMPT, MENU_PROMPT]
         assert run.played_after_greeting() == [(["agent_unavailable"], True)]
-        assert run.record.actions == ["agent: nobody available"]
+
+
+async def test_agent_handoff_caller_gone_during_transfer_ends_the_flow() -> None:
+    async def agent(call: Call, account: AccountSummary) -> Handoff:
+        return Handoff("unavailable", "nobody available; no message left", "caller hung up")
+
+    run = await run_flow(ONE_PHONE, ["0"], agent=agent)
+    assert run.record.end_reason == "caller hung up"
+    assert run.call.gathers == [MENU_PROMPT]
 
 
 async def test_star_repeats_the_menu() -> None:

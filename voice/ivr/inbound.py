@@ -47,8 +47,17 @@ class Journal(Protocol):
     async def finish(self, status: str, end_reason: str, summary: str) -> None: ...
 
 
-# The hand-off point to voice/routing: returns True when the caller was connected to someone.
-AgentHandoff = Callable[[Call, AccountSummary], Awaitable[bool]]
+@dataclass(frozen=True)
+class Handoff:
+    """How a transfer to an agent (menu 0) ended, as voice/routing reports it."""
+
+    outcome: str  # "connected" (bridged, now over), "voicemail" (a message left), "unavailable"
+    text: str  # for the note: "connected to Dana Whitfield for 63 s", ...
+    end_reason: str | None = None  # the call's end reason when the hand-off ended the call
+
+
+# The hand-off point to voice/routing (voice/routing/transfer.py: AgentTransfer).
+AgentHandoff = Callable[[Call, AccountSummary], Awaitable[Handoff]]
 
 
 @dataclass
@@ -187,18 +196,34 @@ class InboundFlow:
             else:
                 await self.journal.event("choice", {"key": key, "option": option})
             prompt = ["menu"]
-            if option != "repeat":
+            if option == "agent":
+                if await self._agent(account):
+                    return
+            elif option != "repeat":
                 await self._answer(option, account)
 
+    async def _agent(self, account: AccountSummary) -> bool:
+        """Menu 0: the hand-off to a person; True when it ended the call."""
+        if self.agent is None:
+            await self._tell("agent", ["agent_unavailable"], "nobody available")
+            return False
+        result = await self.agent(self.call, account)
+        await self.journal.event("agent", {"outcome": result.outcome, "text": result.text})
+        self.record.actions.append(f"agent: {result.text}")
+        if result.outcome == "connected":
+            self.record.end_reason = result.end_reason or "agent call ended"
+            await self.call.hangup()
+            return True
+        if result.outcome == "voicemail":
+            self.record.end_reason = result.end_reason or "voicemail left"
+            await self._farewell("voicemail_thanks")
+            return True
+        if result.end_reason == "caller hung up":
+            raise HangUp()
+        await self._play(["agent_unavailable"])
+        return False
+
     async def _answer(self, option: str, account: AccountSummary) -> None:
-        if option == "agent":
-            connected = self.agent is not None and await self.agent(self.call, account)
-            if connected:  # nothing is spoken, but the note must still show the hand-off
-                await self.journal.event("agent", {"connected": True})
-                self.record.actions.append("agent: connected")
-            else:
-                await self._tell(option, ["agent_unavailable"], "nobody available")
-            return
         tokens, text = await self._compose(option, account)
         await self._tell(option, tokens, text)
 

@@ -43,5 +43,12 @@ PROMPTS: dict[str, str] = {
     "payment_date": "was received on",
     "payment_none": "We have no payments on record for your account.",
     "agent_unavailable": "Sorry, no agent is available right now.",
+    "voicemail_greeting": (
+        "Sorry, nobody is available to take your call. "
+        "Please leave a message after the tone, then press the pound key or hang up."
+    ),
+    "voicemail_thanks": "Thank you, your message has been recorded. Goodbye.",
+    "agent_busy_customer": "The customer's line is busy.",
+    "agent_no_answer_customer": "The customer did not answer.",
     "goodbye": "Thank you for calling. Goodbye.",
 }

@@ -84,6 +84,10 @@ class SipCall:
     def ended(self) -> bool:
         return self._ended.is_set()
 
+    @property
+    def answered(self) -> bool:
+        return self._confirmed.is_set()
+
     async def play(self, tokens: Sequence[str], *, barge_in: bool = True) -> None:
         await self._wait_confirmed()
         if barge_in and not self._digits.empty():
@@ -202,6 +206,42 @@ class SipCall:
         if not spoken or self._speech is None or self._phrases is None:
             return None
         return self._phrases.only(spoken)
+
+    async def play_audio(self, pcm: np.ndarray, *, wait: bool = True) -> None:
+        """Play raw PCM (a tone, ringback) to this call only; no barge-in. `wait=False` returns
+        at once (stop it with `stop_audio`)."""
+        await self._wait_confirmed()
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+
+        def on_done() -> None:
+            loop.call_soon_threadsafe(_resolve, finished)
+
+        if not self._engine.play(self.identity.key, pcm, on_done):
+            raise HangUp()
+        if wait:
+            await self._first(finished, self._ended.wait())
+            self._raise_if_ended()
+
+    def stop_audio(self) -> None:
+        self._engine.stop_playback(self.identity.key)
+
+    async def next_key(self, timeout: float) -> str | None:
+        """The next key pressed within `timeout` seconds (keys typed earlier first), or None.
+        Raises HangUp once the far end is gone."""
+        return await self._next_digit(timeout)
+
+    def clear_keys(self) -> None:
+        """Forget keys typed so far (e.g. before a voicemail's recording starts)."""
+        while not self._digits.empty():
+            self._digits.get_nowait()
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
+
+    @property
+    def key(self) -> int:
+        return self.identity.key
 
     async def hangup(self) -> None:
         if not self._ended.is_set():

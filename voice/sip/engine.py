@@ -12,6 +12,8 @@ DESIGN.md are handled here and only here:
 - callbacks catch and log everything;
 - calls above `max_calls` get 486 and bursts above `max_setups_per_second` get 503 before the
   ioqueue runs out of sockets;
+- two calls are bridged in the conference bridge (each call's media to the other); the players
+  stay connected to their own call only, so a prompt or tone reaches one party;
 - before `libDestroy()` every Call, Account and port is released and `gc.collect()` runs.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import gc
 import itertools
 import logging
@@ -35,6 +38,7 @@ import pjsua2 as pj
 from voice.config import SipConfig
 from voice.sip.player import PcmPlayer
 from voice.sip.tap import FrameTap, Sink
+from voice.sip.uri import request_user, softphone_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +59,13 @@ class CallIdentity:
     remote_uri: str
     local_uri: str
     outbound: bool = False
+    # A softphone's call relayed by Kamailio (`X-Voice-Softphone`): answered by the worker once
+    # it has checked the call (`answer`), not at once. `dialled`: the Request-URI's user.
+    softphone: str | None = None
+    dialled: str | None = None
+    # "ivr": the call runs the IVR; "leg": a call placed to join another (a collector, the
+    # customer of a click-to-call), driven by whoever placed it.
+    purpose: str = "ivr"
 
 
 class CallRefused(Exception):
@@ -92,7 +103,7 @@ class _Account(pj.Account):
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
         try:
-            self._engine._incoming(self, prm.callId)
+            self._engine._incoming(self, prm)
         except Exception:
             log.exception("onIncomingCall failed")
 
@@ -172,6 +183,9 @@ class SipEngine:
         self._recorders: dict[int, pj.AudioMediaRecorder] = {}
         self._call_media: dict[int, pj.AudioMedia] = {}
         self._closing: list[tuple[float, int, pj.AudioMediaRecorder]] = []
+        self._bridged: dict[int, int] = {}  # call key -> the key of the call it is bridged to
+        # Kamailio's address: only an INVITE from there may carry a trusted X-Voice-Softphone.
+        self._proxy_source = _host_port(proxy) if proxy else None
         self._recent_setups: collections.deque[float] = collections.deque()
         self._keys = itertools.count(1)
         self.draining = False
@@ -249,12 +263,43 @@ class SipEngine:
         """
         return await self.run(lambda: self._listen(key, heard, said))
 
-    async def dial(self, uri: str) -> CallIdentity:
+    async def dial(
+        self,
+        uri: str,
+        *,
+        from_uri: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        purpose: str = "ivr",
+    ) -> CallIdentity:
         """Place a call to `uri`; events then arrive as for an answered incoming call.
 
-        Raises `CallRefused` when this worker is draining, full or over its set-up rate.
+        `from_uri` replaces the From (the caller ID presented), `headers` are added to the
+        INVITE. Raises `CallRefused` when this worker is draining, full or over its set-up rate.
         """
-        return await self.run(lambda: self._dial(uri))
+        return await self.run(lambda: self._dial(uri, from_uri, headers, purpose))
+
+    async def answer(
+        self, key: int, code: int, reason: str = "", headers: tuple[tuple[str, str], ...] = ()
+    ) -> bool:
+        """Answer a call left ringing (a softphone's): 200 takes it, 4xx-6xx refuses it.
+        False if the call is gone."""
+        return await self.run(lambda: self._answer(key, code, reason, headers))
+
+    async def bridge(self, a: int, b: int) -> bool:
+        """Join two calls: each hears the other; each call's player still reaches it alone.
+        False if either call is gone. Undone by either call's end (or `unbridge`)."""
+        return await self.run(lambda: self._bridge(a, b))
+
+    async def unbridge(self, a: int) -> None:
+        await self.run(lambda: self._unbridge(a))
+
+    async def add_sink(self, key: int, sink: Sink) -> bool:
+        """Also hand what the far end of call `key` sends to `sink` (20 ms frames, media thread;
+        it must only queue). False if the call is gone."""
+        return await self.run(lambda: self._add_sink(key, sink))
+
+    async def remove_sink(self, key: int, sink: Sink) -> None:
+        await self.run(lambda: self._remove_sink(key, sink))
 
     # -- owner thread -------------------------------------------------------------------------
 
@@ -364,11 +409,25 @@ class SipEngine:
         self._recent_setups.append(now)
         return None
 
-    def _incoming(self, account: pj.Account, call_id: int) -> None:
+    def _incoming(self, account: pj.Account, iprm: pj.OnIncomingCallParam) -> None:
         key = next(self._keys)
-        call = _Call(self, account, call_id, key)
+        call = _Call(self, account, iprm.callId, key)
         info = call.getInfo()
-        identity = CallIdentity(key, info.callIdString, info.remoteUri, info.localUri)
+        softphone = dialled = None
+        if self._proxy_source is not None and iprm.rdata.srcAddress == self._proxy_source:
+            # Kamailio removes any X-Voice-* header a client sent and names the authenticated
+            # softphone itself; from anywhere else the header is ignored.
+            message = iprm.rdata.wholeMsg
+            softphone = softphone_of(message)
+            dialled = request_user(message) if softphone else None
+        identity = CallIdentity(
+            key,
+            info.callIdString,
+            info.remoteUri,
+            info.localUri,
+            softphone=softphone,
+            dialled=dialled,
+        )
         refusal = self._admit(time.monotonic())
         prm = pj.CallOpParam()
         if refusal is not None:
@@ -376,12 +435,44 @@ class SipEngine:
             return
         self._calls[key] = call
         self._players[key] = self._player(key)
-        self.counters["calls_answered"] += 1
         self._post("incoming", identity)
+        if softphone is not None:
+            # Ringing until the worker has checked the call (guardrails) and dialled out.
+            prm.statusCode = 180
+            call.answer(prm)
+            return
+        self.counters["calls_answered"] += 1
         prm.statusCode = 200
         call.answer(prm)
 
-    def _dial(self, uri: str) -> CallIdentity:
+    def _answer(
+        self, key: int, code: int, reason: str, headers: tuple[tuple[str, str], ...]
+    ) -> bool:
+        call = self._calls.get(key)
+        if call is None:
+            return False
+        prm = pj.CallOpParam()
+        prm.statusCode = code
+        if reason:
+            prm.reason = reason
+        for name, value in headers:
+            header = pj.SipHeader()
+            header.hName, header.hValue = name, value
+            prm.txOption.headers.append(header)
+        if code < 300:
+            self.counters["calls_answered"] += 1
+        else:
+            self.counters[f"calls_refused_{code}"] += 1
+        call.answer(prm)
+        return True
+
+    def _dial(
+        self,
+        uri: str,
+        from_uri: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        purpose: str = "ivr",
+    ) -> CallIdentity:
         assert self._account is not None
         refusal = self._admit(time.monotonic())
         if refusal is not None:
@@ -390,15 +481,24 @@ class SipEngine:
         call = _Call(self, self._account, pj.PJSUA_INVALID_ID, key)
         self._calls[key] = call
         self._players[key] = self._player(key)
+        prm = pj.CallOpParam(True)
+        if from_uri:
+            prm.txOption.localUri = from_uri
+        for name, value in headers:
+            header = pj.SipHeader()
+            header.hName, header.hValue = name, value
+            prm.txOption.headers.append(header)
         try:
-            call.makeCall(uri, pj.CallOpParam(True))
+            call.makeCall(uri, prm)
         except pj.Error as exc:
             self._calls.pop(key, None)
             self._spare_players.append(self._players.pop(key))
             raise CallRefused(400, describe(exc)) from None
         info = call.getInfo()
         self.counters["calls_placed"] += 1
-        identity = CallIdentity(key, info.callIdString, info.remoteUri, info.localUri, True)
+        identity = CallIdentity(
+            key, info.callIdString, info.remoteUri, info.localUri, True, purpose=purpose
+        )
         self._post("outgoing", identity)
         call.announced = True
         for method, args in call.early:
@@ -441,9 +541,16 @@ class SipEngine:
         tap = self._taps.get(call.key)
         if tap is not None:
             media.startTransmit(tap)
+        peer = self._bridged.get(call.key)
+        if peer is not None:  # new media (re-INVITE) of a bridged call: join it again
+            self._join(call.key, peer)
 
     def _gone(self, call: _Call, code: int, reason: str) -> None:
         self._calls.pop(call.key, None)
+        # The call's conference port leaves the bridge with all its connections: only forget.
+        peer = self._bridged.pop(call.key, None)
+        if peer is not None:
+            self._bridged.pop(peer, None)
         self._call_media.pop(call.key, None)
         recorder = self._recorders.pop(call.key, None)
         if recorder is not None:
@@ -459,7 +566,7 @@ class SipEngine:
             self._graveyard.append((time.monotonic() + PORT_GRACE, player))
         tap = self._taps.pop(call.key, None)
         if tap is not None:
-            tap.sink = None
+            tap.sinks = ()
             self._tap_graveyard.append((time.monotonic() + PORT_GRACE, tap))
         self._post_call(call, "disconnected", call.key, code, reason)
 
@@ -494,14 +601,69 @@ class SipEngine:
         player = self._players.get(key)
         if player is not None:
             player.listener = said
-        if heard is not None and key not in self._taps:
+        if heard is not None:
+            self._add_sink(key, heard)
+        return True
+
+    def _add_sink(self, key: int, sink: Sink) -> bool:
+        if key not in self._calls:
+            return False
+        tap = self._taps.get(key)
+        if tap is None:
             tap = self._spare_taps.pop() if self._spare_taps else FrameTap(f"tap{key}")
-            tap.sink = heard
+            tap.sinks = ()
             self._taps[key] = tap
             media = self._call_media.get(key)
             if media is not None:
                 media.startTransmit(tap)
+        tap.sinks = (*tap.sinks, sink)
         return True
+
+    def _remove_sink(self, key: int, sink: Sink) -> None:
+        tap = self._taps.get(key)
+        if tap is not None:
+            tap.sinks = tuple(s for s in tap.sinks if s is not sink)
+
+    def _bridge(self, a: int, b: int) -> bool:
+        if a == b or a not in self._calls or b not in self._calls:
+            return False
+        self._unbridge(a)
+        self._unbridge(b)
+        self._bridged[a], self._bridged[b] = b, a
+        self._join(a, b)
+        self.counters["bridges"] += 1
+        return True
+
+    def _join(self, a: int, b: int) -> None:
+        media_a, media_b = self._call_media.get(a), self._call_media.get(b)
+        if media_a is None or media_b is None:
+            return  # joined by _connect_media once both have media
+        media_a.startTransmit(media_b)
+        media_b.startTransmit(media_a)
+        # Each call's own recording (mono, mixed) hears the other party too.
+        for media, key in ((media_b, a), (media_a, b)):
+            recorder = self._recorders.get(key)
+            if recorder is not None:
+                media.startTransmit(recorder)
+
+    def _unbridge(self, a: int) -> None:
+        b = self._bridged.pop(a, None)
+        if b is None:
+            return
+        self._bridged.pop(b, None)
+        media_a, media_b = self._call_media.get(a), self._call_media.get(b)
+        if media_a is None or media_b is None:
+            return  # a call that ended left the bridge with its conference port
+        for source, sink in ((media_a, media_b), (media_b, media_a)):
+            try:
+                source.stopTransmit(sink)
+            except pj.Error as exc:
+                log.debug("unbridge %d/%d: %s", a, b, describe(exc))
+        for media, key in ((media_b, a), (media_a, b)):
+            recorder = self._recorders.get(key)
+            if recorder is not None:
+                with contextlib.suppress(pj.Error):
+                    media.stopTransmit(recorder)
 
     def _pause_recording(self, key: int, paused: bool) -> bool:
         recorder = self._recorders.get(key)
@@ -551,3 +713,10 @@ class SipEngine:
                 except queue.Empty:
                     break
                 future.cancel()
+
+
+def _host_port(proxy: str) -> str | None:
+    """`sip:127.0.0.1:5060;lr` -> `127.0.0.1:5060` (how pjsua2 reports a source address)."""
+    rest = proxy.split(":", 1)[1] if proxy.lower().startswith("sip:") else proxy
+    hostport = rest.split(";", 1)[0]
+    return hostport if ":" in hostport else f"{hostport}:5060"

@@ -5,8 +5,11 @@ must only queue (e.g. `SpeechStream.feed`). A frame without audio (the bridge se
 its sources are silent or the jitter buffer is empty) is handed on as digital silence, so the
 sink's sample count stays the call's clock.
 
+A tap may feed several sinks (live speech, a bridged call's stereo recording, a voicemail);
+`sinks` is a tuple replaced whole, so the media thread always sees a consistent set.
+
 Like players, taps are reused across calls and never destroyed while the clock runs (see
-voice/sip/engine.py): between calls the sink is None and frames are dropped.
+voice/sip/engine.py): between calls there are no sinks and frames are dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ _SILENCE = bytes(FRAME_BYTES)
 class FrameTap(pj.AudioMediaPort):
     def __init__(self, name: str) -> None:
         super().__init__()
-        self.sink: Sink | None = None
+        self.sinks: tuple[Sink, ...] = ()
         self.frames = 0
         self._silence = pj.ByteVector(_SILENCE)
         fmt = pj.MediaFormatAudio()
@@ -36,8 +39,8 @@ class FrameTap(pj.AudioMediaPort):
         self.createPort(name, fmt)
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 name)
-        sink = self.sink
-        if sink is None:
+        sinks = self.sinks
+        if not sinks:
             return
         try:
             if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size == FRAME_BYTES:
@@ -45,7 +48,8 @@ class FrameTap(pj.AudioMediaPort):
             else:
                 pcm = _SILENCE
             self.frames += 1
-            sink(pcm)
+            for sink in sinks:
+                sink(pcm)
         except Exception:  # never let an exception escape into the media thread
             log.exception("tap frame failed")
 

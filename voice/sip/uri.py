@@ -40,3 +40,38 @@ def caller_id(value: str | None) -> str | None:
     """The caller's number from a From value, or None when missing, withheld or unsafe."""
     user = user_part(value)
     return None if user is None or user.lower() in WITHHELD else user
+
+
+_SOFTPHONE = re.compile(r"[a-z0-9._-]{1,64}")  # accounts.models.SOFTPHONE_USERNAME
+_REQUEST_LINE = re.compile(r"^[A-Z]+ (?P<uri>\S+) SIP/2\.0\r?$")
+
+
+def header(message: str, name: str) -> str | None:
+    """The value of the first header `name` (case-insensitive, no compact forms) of a SIP
+    message's head, stripped; None if absent."""
+    head = message.split("\r\n\r\n", 1)[0]
+    wanted = name.lower()
+    for line in head.split("\r\n")[1:]:
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == wanted:
+            return value.strip()
+    return None
+
+
+def softphone_of(message: str) -> str | None:
+    """The softphone user Kamailio named in `X-Voice-Softphone`, if it is a valid user name."""
+    value = header(message, "X-Voice-Softphone")
+    return value if value is not None and _SOFTPHONE.fullmatch(value) else None
+
+
+def request_user(message: str) -> str | None:
+    """The user part of a request's Request-URI (the number a softphone dialled), or None."""
+    first = message.split("\n", 1)[0]
+    match = _REQUEST_LINE.match(first)
+    return user_part(match.group("uri")) if match else None
+
+
+def reason_header(code: int, text: str) -> str:
+    """A `Reason` header value (RFC 3326) carrying `text` safely quoted and bounded."""
+    clean = re.sub(r"[^\x20-\x7e]", " ", text).replace("\\", "/").replace('"', "'")[:200]
+    return f'SIP;cause={int(code)};text="{clean}"'
