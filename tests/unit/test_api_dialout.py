@@ -21,6 +21,9 @@ NEW_YORK = ZoneInfo("America/New_York")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     w = make_world(f"sqlite:///{tmp_path_factory.mktemp('dialout') / 'voice.db'}")
     w.api_state.clock = lambda: dt.datetime(2026, 11, 4, 10, 0, tzinfo=NEW_YORK)
+    with w.sessions.begin() as session:  # the demo's example.com URIs are never dialled
+        dana = session.scalar(select(Collector).where(Collector.name == "Dana Whitfield"))
+        dana.sip_uri = "sip:dana@127.0.0.1:5099"
     yield w
     w.engine.dispose()
 
@@ -35,10 +38,10 @@ def test_rings_the_collector_then_the_account_contact(world: World) -> None:
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["call_id"] == 901 and body["status_url"] == "/api/calls/901"
-    # Dana has no softphone yet: her configured SIP URI rings first; then the first contact.
+    # Dana's phone rings first (the worker picks softphone or SIP URI); then the first contact.
     assert world.fleet.placed == [
         {
-            "collector": "sip:dana@collections.example",
+            "collector": _dana(world),
             "customer": "+12125550101",
             "account_id": _account_id(world, "10042"),
             "user": "dana",
@@ -48,16 +51,20 @@ def test_rings_the_collector_then_the_account_contact(world: World) -> None:
     assert audit_actions(world, before) == [("call.place", {"to": "+12125550101"})]
 
 
-def test_a_registered_softphone_rings_before_the_sip_uri(world: World) -> None:
+def test_a_collector_without_a_reachable_phone_is_told_so(world: World) -> None:
     with world.sessions.begin() as session:
         dana = session.scalar(select(Collector).where(Collector.name == "Dana Whitfield"))
+        dana.sip_uri = "sip:dana@collections.example"  # a reserved domain: never dialled
+    response = world.request("POST", "/api/calls", "collector", json={"account": "10042"})
+    assert response.status_code == 422
+    assert response.json()["reason"] == "no softphone and no reachable SIP URI for this collector"
+    with world.sessions.begin() as session:
         session.add(Softphone(username="dana", realm="r", ha1="0" * 32, ha1b="0" * 32,
-                              collector_id=dana.id))  # fmt: skip
+                              collector_id=_dana(world)))  # fmt: skip
     response = world.request(
         "POST", "/api/calls", "collector", json={"account": "10042", "to": "(212) 555-0101"}
     )
     assert response.status_code == 202, response.text
-    assert world.fleet.placed[0]["collector"] == "softphone:dana"
     assert world.fleet.placed[0]["customer"] == "+12125550101"
 
 
@@ -160,6 +167,11 @@ def test_status_shows_progress_events(world: World) -> None:
         assert (
             session.scalar(select(AuditEntry.action).order_by(AuditEntry.id.desc())) == "call.read"
         )
+
+
+def _dana(world: World) -> int:
+    with world.sessions() as session:
+        return session.scalar(select(Collector.id).where(Collector.name == "Dana Whitfield"))
 
 
 def _account_id(world: World, number: str) -> int:

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from starlette.routing import Route
 
-from accounts.models import USER_ROLES
+from accounts.models import USER_ROLES, Collector, Softphone
 from tests.unit.apiworld import CLIENT, World, make_world
 from voice.api import ROUTES
 from voice.api.auth import DENIED, roles_of
@@ -134,6 +135,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     path: Path = tmp_path_factory.mktemp("roles") / "voice.db"
     w = make_world(f"sqlite:///{path}", path.parent / "recordings")
     w.api_state.clock = lambda: DAYTIME
+    with w.sessions.begin() as session:  # a phone to ring first (the demo's is example.com)
+        session.add(Softphone(username="dana", realm="r", ha1="0" * 32, ha1b="0" * 32,
+                              collector_id=session.scalar(select(Collector.id).where(
+                                  Collector.name == "Dana Whitfield"))))  # fmt: skip
     yield w
     w.engine.dispose()
 

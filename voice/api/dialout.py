@@ -1,7 +1,8 @@
 """Make a Call: a collector asks for a call to an account's customer; and how any call stands.
 
 `POST /api/calls {"account": "10042", "to": "+12125550101"}` rings the collector's own phone
-first (their softphone, else their configured SIP URI); when they answer, a worker dials the
+first (their softphone, else their configured SIP URI: voice/routing/transfer.py `route_of`,
+the same rule agent transfer uses); when they answer, a worker dials the
 customer through the trunk with the configured caller ID and bridges the two. The number must
 be one of the account's contacts (the API never dials a number typed in freely), and the
 outbound guardrails (voice/routing/guardrails.py) must allow the call now: a refusal answers
@@ -42,7 +43,10 @@ from voice.api.calls import check_call_access
 from voice.api.notes import READERS, iso, visible_account
 from voice.api.openapi import documented, error_responses
 from voice.api.params import int_id, read_json
+from voice.config import Config
+from voice.fleet import uses_kamailio
 from voice.routing.guardrails import Guardrails, record_refusal
+from voice.routing.transfer import route_of
 
 DIALERS = ("collector",)  # the phone that rings first is the requester's own
 PLACED = "call.place"  # audit action of an accepted request
@@ -100,7 +104,7 @@ async def place_call(request: Request, user: Principal) -> Response:
     guard = Guardrails(cfg.guardrails, sessions_of(request), clock_of(request))
     args = (sessions_of(request), guard, user, client_addr(request), number, to)
     try:
-        plan = await run_in_threadpool(_plan, *args, cfg.accounts.default_region)
+        plan = await run_in_threadpool(_plan, *args, cfg)
     except Refused as refused:
         return JSONResponse(refused.body, status_code=refused.status)
     fleet = getattr(request.app.state, "fleet", None)
@@ -122,7 +126,7 @@ def _plan(
     addr: str | None,
     number: str,
     to: str | None,
-    region: str,
+    cfg: Config,
 ) -> dict[str, Any]:
     """Who rings first and whom they reach, once every check passed.
 
@@ -134,8 +138,8 @@ def _plan(
         if account is None:
             refused = Refused({"error": "not found", "reason": f"no account {number}"}, 404)
         else:
-            collector = _line(session, user)
-            customer = _contact(session, account, to, region)
+            collector = _line(session, user, cfg)
+            customer = _contact(session, account, to, cfg.accounts.default_region)
             refusal = guard.check(account.id, customer)
             if refusal is not None:
                 record_refusal(session, user, addr, number, customer, refusal)
@@ -153,22 +157,20 @@ def _plan(
     }
 
 
-def _line(session: Session, user: Principal) -> str:
-    """The collector's phone: `softphone:<user>` (via Kamailio) or their SIP URI."""
+def _line(session: Session, user: Principal, cfg: Config) -> int:
+    """The requesting collector's id, once they have a phone the worker can ring first."""
     if user.collector_id is None:
         raise HTTPException(422, f"user {user.name} is not a collector: no phone to ring first")
-    softphone = session.scalar(
-        select(Softphone.username)
-        .where(Softphone.collector_id == user.collector_id)
-        .order_by(Softphone.id)
-        .limit(1)
-    )
-    if softphone is not None:
-        return f"softphone:{softphone}"
     collector = session.get(Collector, user.collector_id)
-    if collector is None or not collector.sip_uri:
-        raise HTTPException(422, "no softphone and no SIP URI for this collector")
-    return collector.sip_uri
+    phones = list(
+        session.scalars(
+            select(Softphone.username).where(Softphone.collector_id == user.collector_id)
+        )
+    )
+    reach = cfg.kamailio.realm, uses_kamailio(cfg)
+    if collector is None or route_of(collector, phones, realm=reach[0], proxy=reach[1]) is None:
+        raise HTTPException(422, "no softphone and no reachable SIP URI for this collector")
+    return collector.id
 
 
 def _contact(session: Session, account: Account, to: str | None, region: str) -> str:
