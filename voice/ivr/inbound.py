@@ -207,6 +207,7 @@ class InboundFlow:
         if self.agent is None:
             await self._tell("agent", ["agent_unavailable"], "nobody available")
             return False
+        await self.journal.event("said", {"option": "agent", "text": "transfer to an agent"})
         result = await self.agent(self.call, account)
         await self.journal.event("agent", {"outcome": result.outcome, "text": result.text})
         self.record.actions.append(f"agent: {result.text}")

@@ -30,6 +30,9 @@ from voice.config import AgentsConfig
 from voice.ivr.inbound import Handoff, Journal
 
 BUSY_CODES = frozenset({486, 600, 603})
+# Names that never resolve (RFC 2606, RFC 6761): the demo data's placeholders. Dialling one
+# would only stall the SIP thread on a DNS lookup.
+RESERVED_DOMAINS = (".example", ".invalid", ".test", ".localhost")
 
 
 @dataclass(frozen=True)
@@ -187,8 +190,10 @@ def route_of(
     if proxy and softphones:
         user = sorted(softphones)[0]
         return Agent(collector.id, collector.name, f"sip:{user}@{realm}", f"softphone {user}")
-    if collector.sip_uri and collector.sip_uri.lower().startswith("sip:"):
-        return Agent(collector.id, collector.name, collector.sip_uri, "sip_uri")
+    uri = (collector.sip_uri or "").strip()
+    host = uri.rsplit("@", 1)[-1].split(":", 1)[0].split(";", 1)[0].lower()
+    if uri.lower().startswith("sip:") and not host.endswith(RESERVED_DOMAINS):
+        return Agent(collector.id, collector.name, uri, "sip_uri")
     return None
 
 
