@@ -34,7 +34,7 @@ from voice.ivr.clips import ClipLibrary
 from voice.ivr.inbound import InboundFlow
 from voice.routing import outbound
 from voice.routing.guardrails import Guardrails, Refusal
-from voice.routing.line import CallLine
+from voice.routing.line import BridgeRecording, CallLine
 from voice.routing.transfer import Agent, AgentTransfer, agents_for, ring_outcome, route_of
 from voice.sip.call import ANSWER_TIMEOUT, SipCall
 from voice.sip.engine import CallIdentity, Events, SipEngine
@@ -140,6 +140,7 @@ class Worker(Events):
         self.phrases = cfg.asr.phrase_set() if model is not None else None
         self.speech: dict[int, CallSpeech] = {}  # engine key -> the call's live speech
         self._storing: dict[int, set[asyncio.Task[None]]] = {}  # call id -> utterance writes
+        self.bridges: dict[int, BridgeRecording] = {}  # call id -> its bridged recording
         sessions = make_sessions(make_engine(cfg.database_url, cfg.database.busy_timeout_ms))
         self.sessions = sessions
         self.guardrails = Guardrails(cfg.guardrails, sessions)
@@ -520,6 +521,7 @@ class Worker(Events):
         except (OperationalError, DBAPIError) as exc:
             log.error("call %d: note not written: %s", call_id, exc)
         await self._annotate(call_id)
+        await self._transcript_done(call_id)  # the bridge's recognisers closed with it
 
     async def _annotate(self, call_id: int) -> None:
         try:
@@ -684,8 +686,11 @@ class Worker(Events):
     async def _finish_speech(self, speech: CallSpeech, call_id: int | None) -> None:
         """The last utterances out and stored, then the CRM is owed the whole transcript."""
         await speech.close()
-        if call_id is None:
-            return
+        if call_id is not None:
+            await self._transcript_done(call_id)
+
+    async def _transcript_done(self, call_id: int) -> None:
+        """Once every stored utterance is in, owe the CRM the transcript (if there is one)."""
         pending = self._storing.pop(call_id, set())
         if pending:
             await asyncio.wait(pending, timeout=60)
@@ -748,15 +753,29 @@ class Worker(Events):
             await self._close_recording(self.recordings.pop(key))
 
     async def pause_recording(self, call_id: int, paused: bool) -> dict[str, Any]:
-        """PCI: silence into the recording while card details are given, and mark the gap."""
+        """PCI: silence into the call's recordings and recognisers while card details are
+        given, and mark the gap on each recording."""
         assert self.engine is not None
+        paused = bool(paused)
         key = self._key_of(call_id)
+        gaps: list[tuple[int, float]] = []  # (recording, seconds into it)
         rec = self.recordings.get(key) if key is not None else None
-        if rec is None or not await self.engine.pause_recording(key, bool(paused)):
+        if rec is not None and await self.engine.pause_recording(key, paused):
+            gaps.append((rec.recording_id, time.monotonic() - rec.started))
+        if key is not None and (speech := self.speech.get(key)) is not None:
+            speech.paused = paused
+        bridge = self.bridges.get(call_id)
+        if bridge is not None:
+            if bridge.speech is not None:
+                bridge.speech.paused = paused
+            if bridge.writer is not None and bridge.recording_id is not None:
+                bridge.writer.paused = paused
+                gaps.append((bridge.recording_id, time.monotonic() - bridge.started))
+        if not gaps:
             raise LookupError(f"no recording in progress for call {call_id} on {self.name}")
-        at = round(time.monotonic() - rec.started, 2)
-        await asyncio.to_thread(self.book.mark_pause, rec.recording_id, at, bool(paused))
-        return {"call_id": call_id, "paused": bool(paused), "at_s": at}
+        for recording_id, at in gaps:
+            await asyncio.to_thread(self.book.mark_pause, recording_id, round(at, 2), paused)
+        return {"call_id": call_id, "paused": paused, "at_s": round(gaps[0][1], 2)}
 
     async def _note_answer(self, call: SipCall, call_id: int) -> None:
         if await call.wait_answered():

@@ -11,7 +11,6 @@ pjsua2 UA in answer mode (the customer's phone).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -51,9 +50,9 @@ from tests.integration.test_agent_transfer import (
     upsample,
     write_wav,
 )
+from tests.integration.test_api import api, token_of, voice_users
 from tests.integration.test_fleet import fleet_env
 from tests.integration.test_kamailio import received_messages
-from voice import control
 
 CALLER_ID = "+12125550100"
 PASSWORD = "correct-horse-9"
@@ -174,26 +173,32 @@ def check_customer_invite(report: dict[str, object]) -> None:
     assert "X-Voice-" not in invite
 
 
-def test_click_to_call_rings_the_collector_then_bridges_the_customer(
+def test_make_a_call_rings_the_collector_then_bridges_the_customer(
     fleet: Server, alice: Softphone, tmp_path: Path
 ) -> None:
+    """The whole chain: POST /api/calls -> supervisor -> a worker's click_to_call -> Kamailio
+    -> softphone, then gateway; a PCI pause over the API silences both channels."""
+    token = token_of(voice_users(fleet, "add", "dana", "--role", "collector",
+                                 "--collector", "Dana Whitfield"))  # fmt: skip
     said = write_wav(tmp_path / "customer.wav", CUSTOMER_SOUND, RATE)
-    gateway = Gateway(fleet, tmp_path, f"wait:1;say:{said};wait:7;hangup", 40)
+    gateway = Gateway(fleet, tmp_path, f"wait:1;say:{said};wait:9;hangup", 40)
     try:
-        reply = asyncio.run(
-            control.request(
-                worker_sock(fleet),
-                "click_to_call",
-                15.0,
-                collector="Dana Whitfield",
-                customer="+12125550101",
-                account_id=account_id(fleet, "10042"),
-                user="dana",
-                caller_id="",
-            )
-        )
-        call_id = reply["call_id"]
-        assert isinstance(call_id, int)
+        placed = api(fleet, "POST", "/api/calls", token, json={"account": "10042"})
+        assert placed.status_code == 202, placed.text
+        call_id = placed.json()["call_id"]
+        assert isinstance(call_id, int) and placed.json()["status_url"] == f"/api/calls/{call_id}"
+
+        def kinds() -> list[str]:
+            status = api(fleet, "GET", f"/api/calls/{call_id}", token).json()
+            return [e["kind"] for e in status["events"]]
+
+        assert wait_for(lambda: "bridged" in kinds(), 20), kinds()
+        time.sleep(2.0)  # the customer is talking (the WAV starts 1 s after the answer)
+        paused = api(fleet, "POST", f"/api/calls/{call_id}/recording/pause", token)
+        assert paused.status_code == 200, paused.text
+        time.sleep(1.5)
+        resumed = api(fleet, "POST", f"/api/calls/{call_id}/recording/resume", token)
+        assert resumed.status_code == 200, resumed.text
         (report,) = gateway.reports(40)
     finally:
         gateway.stop()
@@ -204,23 +209,32 @@ def test_click_to_call_rings_the_collector_then_bridges_the_customer(
         assert call is not None
         assert (call.direction, call.callee, call.caller) == ("outbound", "+12125550101", CALLER_ID)
         assert call.account_id == account_id(fleet, "10042") and call.answered_at is not None
-    kinds = [k for k, _ in events_of(fleet, call_id)]
-    assert kinds[:4] == [
+    assert wait_for(lambda: kinds()[-1:] == ["ended"], 10), kinds()
+    assert kinds() == [
         "click_to_call",
         "collector_ringing",
         "collector_answered",
         "dialling_customer",
+        "customer_answered",
+        "bridged",
+        "ended",
     ]
-    assert kinds[4:] == ["customer_answered", "bridged", "ended"], kinds
-    first = events_of(fleet, call_id)[0][1]
+    status = api(fleet, "GET", f"/api/calls/{call_id}", token).json()
+    first = status["events"][0]
     assert (first["user"], first["collector"], first["via"]) == (
         "dana",
         "Dana Whitfield",
         "softphone alice",
     )
     check_two_channels(fleet, call_id)
-    status = asyncio.run(control.request(worker_sock(fleet), "call_status", 5.0, call_id=call_id))
-    assert status["status"] == "ended"
+    # The pause: marked on the recording, and nothing but zeros on either channel inside it.
+    (rec,) = closed(fleet, call_id, 1)
+    assert len(rec.pauses) == 1 and rec.pauses[0]["end"] - rec.pauses[0]["start"] > 1.2, rec
+    audio, _ = soundfile.read(path_for(rec.path, fleet.data_dir / "recordings"), dtype="int16")
+    start = int((rec.pauses[0]["start"] + 0.2) * RATE)
+    end = int((rec.pauses[0]["end"] - 0.2) * RATE)
+    assert not audio[start:end].any(), "sound recorded during the PCI pause"
+    assert np.abs(audio[: start - RATE, 0]).max() > 1000  # the customer before it ...
     assert wait_for(lambda: note_of(fleet, call_id), 10)
     assert "Click-to-call to +12125550101 by Dana Whitfield" in note_of(fleet, call_id)
 

@@ -237,7 +237,11 @@ def loud_pieces(channel: np.ndarray, seconds: float = 1.0, count: int = 3) -> li
 
 
 def scores(pieces: list[np.ndarray], source: np.ndarray) -> list[float]:
-    return [round(best_match(source, piece)[0], 3) for piece in pieces]
+    # Quiet around the source: a piece that runs past the sender's first or last sample (the
+    # recording went quiet there too) still lines up with what was sent.
+    pad = np.zeros(RATE // 2, dtype=source.dtype)
+    padded = np.concatenate([pad, source, pad])
+    return [round(best_match(padded, piece)[0], 3) for piece in pieces]
 
 
 def prompt_seconds(key: str, tmp: Path) -> float:

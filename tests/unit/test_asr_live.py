@@ -59,7 +59,11 @@ async def test_only_the_callers_stream_reaches_the_menu() -> None:
     speech.on_caller = to_menu.append
     assert sorted(streams) == ["caller", "ivr"]
     assert streams["caller"].options == {"origin": 0.5, "transcribe": True}
-    assert speech.sink("caller") == streams["caller"].feed
+    speech.sink("caller")(b"\x01\x02" * 4)
+    speech.paused = True  # PCI: card digits never reach the recogniser
+    speech.sink("caller")(b"\x03\x04" * 4)
+    speech.paused = False
+    assert streams["caller"].fed == [b"\x01\x02" * 4, bytes(8)]
 
     ivr_start = SpeechStarted("ivr", 1, 0.6)
     streams["ivr"].emit(ivr_start, Partial("ivr", 1, "transcript", "for your"),

@@ -69,6 +69,7 @@ class CallSpeech:
         self._on_segment = on_segment
         self.segments: list[Segment] = []
         self.partials: dict[str, str] = {}
+        self.paused = False  # PCI: card details are being given; the recognisers hear silence
         self._closed = False
         self._streams = {
             name: stream_factory(model, name, self._post, origin=origin, transcribe=transcribe)
@@ -76,7 +77,12 @@ class CallSpeech:
         }
 
     def sink(self, speaker: str) -> Sink:
-        return self._streams[speaker].feed
+        feed = self._streams[speaker].feed
+
+        def hear(pcm: bytes) -> None:  # media thread: only queues
+            feed(bytes(len(pcm)) if self.paused else pcm)
+
+        return hear
 
     def expect(self, phrases: PhraseSet | None) -> None:
         """The caller's grammar from now on (None: transcript only)."""

@@ -53,6 +53,16 @@ MAX_CODE = 24  # keys of one outcome code before the collector's buffer is dropp
 
 
 @dataclass
+class BridgeRecording:
+    """What a PCI pause must silence while a customer and a collector are bridged."""
+
+    recording_id: int | None
+    writer: WavWriter | None
+    speech: CallSpeech | None
+    started: float  # monotonic
+
+
+@dataclass
 class Bridged:
     seconds: float
     ended_by: str  # "customer" or "collector"
@@ -197,10 +207,13 @@ class CallLine:
                 sinks.append((customer.key, speech.sink("caller")))
         for key, sink in sinks:
             await engine.add_sink(key, sink)
+        # PCI pause reaches this recording and these recognisers through the worker.
+        self.worker.bridges[self.call_id] = BridgeRecording(recording_id, writer, speech, started)
         outcomes = asyncio.create_task(self._outcomes(agent, user or collector))
         try:
             await SipCall._first(customer.wait_ended(), agent.wait_ended())
         finally:
+            self.worker.bridges.pop(self.call_id, None)
             seconds = time.monotonic() - started
             ended_by = "customer" if customer.ended else "collector"
             outcomes.cancel()
@@ -247,7 +260,7 @@ class CallLine:
             asyncio.get_running_loop(),
             speakers=("caller", "agent") if caller else ("agent",),
             transcribe=True,
-            on_segment=lambda seg: worker._background(worker._store(call_id, recording_id, seg)),
+            on_segment=lambda seg: worker._store_soon(call_id, recording_id, seg),
         )
 
     async def _outcomes(self, agent: SipCall, user: str) -> None:
