@@ -10,7 +10,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from accounts.models import Account, AuditEntry, Call, CallEvent, Collector, Contact, Softphone
+from accounts.models import (
+    Account,
+    AuditEntry,
+    Call,
+    CallEvent,
+    Collector,
+    Contact,
+    Note,
+    Softphone,
+)
 from accounts.services import CallJournal
 from tests.unit.apiworld import World, make_world
 
@@ -177,3 +186,20 @@ def _dana(world: World) -> int:
 def _account_id(world: World, number: str) -> int:
     with world.sessions() as session:
         return session.scalar(select(Account.id).where(Account.number == number))
+
+
+def test_voicemails_are_listed_for_their_collector(world: World) -> None:
+    with world.sessions.begin() as session:
+        own, other = (
+            session.scalar(select(Account.id).where(Account.number == n))
+            for n in ("10042", "20001")
+        )
+        for account_id, body in ((own, "Voicemail for Dana"), (other, "Voicemail for Marcus")):
+            session.add(
+                Note(account_id=account_id, author="voicemail", kind="voicemail", body=body)
+            )
+        session.add(Note(account_id=own, author="dana", kind="manual", body="not a voicemail"))
+    mine = world.request("GET", "/api/voicemails", "collector").json()["voicemails"]
+    assert [(v["account"], v["body"]) for v in mine] == [("10042", "Voicemail for Dana")]
+    every = world.request("GET", "/api/voicemails", "supervisor").json()["voicemails"]
+    assert [v["account"] for v in every] == ["20001", "10042"]  # newest first

@@ -73,6 +73,7 @@ ENDPOINTS = [
     ),
     Endpoint("GET", "/api/accounts/{number}/notes", ANY_ROLE, "notes.list", scoped=True),
     Endpoint("GET", "/api/notes/{note_id}", ANY_ROLE, "note.read", scoped=True),
+    Endpoint("GET", "/api/voicemails", ANY_ROLE, "voicemails.list"),
     Endpoint(
         "POST",
         "/api/accounts/{number}/notes",

@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import false, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -197,6 +197,53 @@ def _list(
 
 @requires(*READERS)
 @documented(
+    parameters=[
+        query_param("limit", "at most this many (default 100)", {"type": "integer"}),
+        query_param("before", "only notes with a smaller id (next page)", {"type": "integer"}),
+    ],
+    responses={"200": {"description": "newest first; `next_before` pages on (null: no more)"}},
+)
+async def list_voicemails(request: Request, user: Principal) -> Response:
+    """Voicemails left for collectors (notes of kind voicemail, with their recordings).
+
+    Collectors: the ones on accounts assigned to them; everyone else: all of them."""
+    params = query(request, ("limit", "before"))
+    limit = int_query(params, "limit", 100, 1, MAX_PAGE)
+    before = int_query(params, "before", None, 1, 2**63 - 1)
+    args = (sessions_of(request), user, client_addr(request), limit, before)
+    notes = await run_in_threadpool(_voicemails, *args)
+    next_before = notes[-1]["id"] if len(notes) == limit else None
+    return JSONResponse({"voicemails": notes, "next_before": next_before})
+
+
+def _voicemails(
+    sessions: sessionmaker[Session],
+    user: Principal,
+    addr: str | None,
+    limit: int,
+    before: int | None,
+) -> list[dict[str, Any]]:
+    with sessions.begin() as session:
+        stmt = (
+            select(Note, Account.number)
+            .join(Account, Account.id == Note.account_id)
+            .where(Note.kind == "voicemail")
+            .order_by(Note.id.desc())
+        )
+        if user.role == "collector":  # as sees_account: their own accounts, and only those
+            mine = user.collector_id
+            stmt = stmt.where(Account.collector_id == mine if mine is not None else false())
+        if before is not None:
+            stmt = stmt.where(Note.id < before)
+        rows = session.execute(stmt.limit(limit)).all()
+        notes = [note_dict(note, number, session) for note, number in rows]
+        detail = {"count": len(notes), "ids": [n["id"] for n in notes]}
+        audit.record(session, user, addr, "voicemails.list", "note", None, detail)
+    return notes
+
+
+@requires(*READERS)
+@documented(
     parameters=[{"name": "note_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
     responses={
         "200": {
@@ -307,6 +354,7 @@ def _add(
 
 
 ROUTES = [
+    Route("/voicemails", list_voicemails, methods=["GET"]),
     Route("/accounts/{number}/notes", list_notes, methods=["GET"]),
     Route("/accounts/{number}/notes", add_note, methods=["POST"]),
     Route("/notes/{note_id}", get_note, methods=["GET"]),
