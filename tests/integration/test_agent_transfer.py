@@ -236,6 +236,18 @@ def loud_pieces(channel: np.ndarray, seconds: float = 1.0, count: int = 3) -> li
     return pieces
 
 
+def assert_own_party(own: list[float], other: list[float]) -> None:
+    """A channel's pieces are found in what its own party sent, and not in the other's.
+
+    A clean piece scores 1.0 and the other party's audio ~0.06. Under load a piece holding a
+    frame the receiving jitter buffer dropped or concealed scored 0.73 (as in
+    tests/integration/test_inbound_call.py), so: every piece above 0.6, most near-perfect.
+    """
+    assert own and min(own) > 0.6, (own, other)
+    assert sorted(own)[len(own) // 2] > 0.9, (own, other)
+    assert max(other) < 0.3, (own, other)
+
+
 def scores(pieces: list[np.ndarray], source: np.ndarray) -> list[float]:
     # Quiet around the source: a piece that runs past the sender's first or last sample (the
     # recording went quiet there too) still lines up with what was sent.
@@ -288,7 +300,7 @@ def test_transfer_answered_bridges_and_records_two_channels(
     assert rate == RATE and audio.shape[1] == 2
     left, right = audio[:, 0], audio[:, 1]
     collector_16k = upsample(COLLECTOR_SOUND, 2)
-    left_pieces, right_pieces = loud_pieces(left), loud_pieces(right)
+    left_pieces, right_pieces = loud_pieces(left, count=5), loud_pieces(right, count=5)
     assert len(left_pieces) >= 2 and len(right_pieces) >= 3, (len(left_pieces), len(right_pieces))
     # Each channel is found in what its own party sent ...
     left_own, right_own = scores(left_pieces, CUSTOMER_SOUND), scores(right_pieces, collector_16k)
@@ -298,8 +310,8 @@ def test_transfer_answered_bridges_and_records_two_channels(
         scores(right_pieces, CUSTOMER_SOUND),
     )
     print("left own/other", left_own, left_other, "right own/other", right_own, right_other)
-    assert min(left_own) > 0.8 and min(right_own) > 0.8, (left_own, right_own)
-    assert max(left_other) < 0.3 and max(right_other) < 0.3, (left_other, right_other)
+    assert_own_party(left_own, left_other)
+    assert_own_party(right_own, right_other)
     kinds = [k for k, _ in events_of(dev_server, call_id)]
     for kind in (
         "agent_transfer",
