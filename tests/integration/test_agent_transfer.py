@@ -38,6 +38,7 @@ from tests.integration.conftest import (
     stop_server,
     wait_for,
 )
+from tests.integration.test_kamailio import baresip_config
 from voice.config import TtsConfig
 from voice.ivr.clips import ClipLibrary
 from voice.ivr.prompts import PROMPTS
@@ -97,27 +98,10 @@ class Softphone:
     ) -> None:
         folder.mkdir(parents=True)
         self.folder, self.user = folder, user
-        self.sip_port, rtp = free_port(), free_port()
+        self.sip_port = free_port()
         self.ctrl_port = free_port(socket.SOCK_STREAM)
         source = write_wav(folder / "voice.wav", COLLECTOR_SOUND, 8000)
-        lines = [
-            "poll_method epoll",
-            f"sip_listen 127.0.0.1:{self.sip_port}",
-            "net_interface 127.0.0.1",
-            "audio_player aubridge,nil",
-            f"audio_source aufile,{source}",
-            "audio_alert aubridge,nil",
-            "module_path /usr/lib/baresip/modules",
-            "module g711.so",
-            "module aufile.so",
-            "module aubridge.so",
-            "module_app account.so",
-            "module_app menu.so",
-            "module_app ctrl_tcp.so",
-            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
-            f"rtp_ports {rtp}-{min(rtp + 40, 65535)}",
-        ]
-        (folder / "config").write_text("\n".join(lines) + "\n")
+        (folder / "config").write_text(baresip_config(self.sip_port, source, self.ctrl_port))
         if registrar is None:
             account = f"<sip:{user}@127.0.0.1:{self.sip_port}>;regint=0;answermode={answer}"
         else:

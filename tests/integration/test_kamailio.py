@@ -553,22 +553,17 @@ def write_tone(path: Path, seconds: int) -> None:
         out.writeframes(frames)
 
 
-def write_baresip_profile(
-    folder: Path, user: str, password: str, registrar_port: int, ctrl_port: int | None = None
-) -> int:
-    """A headless baresip-core profile in `folder`: auto-answer, a tone file as microphone, no
-    sound card, registered as `user` at 127.0.0.1:`registrar_port`. Returns its SIP port.
-    With `ctrl_port`, commands (e.g. dial) are taken as JSON netstrings over TCP there."""
-    folder.mkdir()
-    sip_port, rtp = free_port(), free_port()
-    tone = folder / "tone.wav"
-    write_tone(tone, seconds=60)  # aufile hangs up when its file ends
+def baresip_config(sip_port: int, source: Path, ctrl_port: int | None = None) -> str:
+    """A headless baresip-core config: no sound card, the WAV `source` as microphone, SIP on
+    127.0.0.1:`sip_port`. With `ctrl_port`, commands (dial, sndcode, ...) are taken as JSON
+    netstrings over TCP there."""
+    rtp = free_port()
     lines = [
         "poll_method epoll",
         f"sip_listen 127.0.0.1:{sip_port}",
         "net_interface 127.0.0.1",
         "audio_player aubridge,nil",
-        f"audio_source aufile,{tone}",
+        f"audio_source aufile,{source}",
         "audio_alert aubridge,nil",
         "module_path /usr/lib/baresip/modules",
         "module g711.so",
@@ -583,7 +578,19 @@ def write_baresip_profile(
             "module_app ctrl_tcp.so",
             f"ctrl_tcp_listen 127.0.0.1:{ctrl_port}",
         ]
-    (folder / "config").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_baresip_profile(
+    folder: Path, user: str, password: str, registrar_port: int, ctrl_port: int | None = None
+) -> int:
+    """A baresip profile in `folder` (see `baresip_config`): auto-answer, a tone as microphone,
+    registered as `user` at 127.0.0.1:`registrar_port`. Returns its SIP port."""
+    folder.mkdir()
+    sip_port = free_port()
+    tone = folder / "tone.wav"
+    write_tone(tone, seconds=60)  # aufile hangs up when its file ends
+    (folder / "config").write_text(baresip_config(sip_port, tone, ctrl_port))
     (folder / "accounts").write_text(
         f"<sip:{user}@127.0.0.1:{registrar_port}>;auth_pass={password};answermode=auto;regint=60\n"
     )
