@@ -677,7 +677,7 @@ class Worker(Events):
             on_segment=lambda seg: self._store_soon(call_id, recording_id, seg),
         )
         self.speech[key] = speech
-        call.attach_speech(speech, self.phrases, started)
+        call.attach_speech(speech, self.phrases)
         said = speech.sink("ivr") if transcribe else None
         if not await self.engine.listen(key, speech.sink("caller"), said):
             self.speech.pop(key, None)

@@ -35,9 +35,6 @@ class ScriptedStream:
         self.closed = True
         return True
 
-    def stats(self) -> dict[str, int]:
-        return {"fed": len(self.fed)}
-
 
 def final(stream: str, text: str, start: float, mode: str = "transcript", **kw: Any) -> Final:
     words = tuple(Word(w, start + i * 0.3, start + i * 0.3 + 0.25, 0.8) for i, w in

@@ -97,9 +97,6 @@ class CallSpeech:
             "partial": {k: v for k, v in self.partials.items() if v},
         }
 
-    def stats(self) -> dict[str, Any]:
-        return {name: stream.stats() for name, stream in self._streams.items()}
-
     async def close(self) -> list[Segment]:
         """Finish every stream (its last utterance included); the whole transcript in order."""
         if not self._closed:

@@ -62,12 +62,10 @@ class SipCall:
         self._speaking_since = 0.0  # loop time its start was reported
         self._cut_by_speech = False  # the last prompt was cut by speech that chose nothing
         self.heard: Heard | None = None
-        self.last_speech_end: float | None = None  # monotonic estimate, for latency measurements
-        self.speech_origin: float | None = None  # monotonic time of the speech streams' 0 s
 
-    def attach_speech(self, speech: CallSpeech, phrases: PhraseSet | None, origin: float) -> None:
-        """Spoken menu choices and speech barge-in; `origin`: monotonic time of its 0 s."""
-        self._speech, self._phrases, self.speech_origin = speech, phrases, origin
+    def attach_speech(self, speech: CallSpeech, phrases: PhraseSet | None) -> None:
+        """Spoken menu choices (`phrases`) and speech barge-in from the call's `speech`."""
+        self._speech, self._phrases = speech, phrases
         speech.on_caller = self.on_speech
 
     # -- Call protocol ------------------------------------------------------------------------
@@ -178,8 +176,6 @@ class SipCall:
                     continue  # a cough, line noise, a tone: not an answer
                 option = final.option if final.option in spoken else None
                 self.heard = Heard(final.text, option, final.confidence)
-                if self.speech_origin is not None:
-                    self.last_speech_end = self.speech_origin + final.end
                 if option is None:
                     self._cut_by_speech = True  # so the re-prompt is heard whole
                     return ""
