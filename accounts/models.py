@@ -26,9 +26,17 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     insert,
+    select,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    validates,
+)
 
 
 def utcnow() -> dt.datetime:
@@ -270,6 +278,16 @@ class Transcript(Base):
     confidence: Mapped[float | None] = mapped_column()
     words: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+    @staticmethod
+    def of_call(session: Session, call_id: int) -> list[dict[str, Any]]:
+        """A call's stored utterances, in time order, as the API and the webhook show them."""
+        rows = session.scalars(
+            select(Transcript)
+            .where(Transcript.call_id == call_id)
+            .order_by(Transcript.start_s, Transcript.id)
+        )
+        return [t.as_dict() for t in rows]
 
     def as_dict(self) -> dict[str, Any]:
         """The utterance as the API and the webhook show it."""

@@ -138,12 +138,7 @@ def _payload(session: Session, row: WebhookOutbox) -> dict[str, Any]:
     note, number = found
     extra: dict[str, Any] = {}
     if row.event == TRANSCRIPT_EVENT and note.call_id is not None:
-        utterances = session.scalars(
-            select(Transcript)
-            .where(Transcript.call_id == note.call_id)
-            .order_by(Transcript.start_s, Transcript.id)
-        )
-        extra["transcript"] = [t.as_dict() for t in utterances]
+        extra["transcript"] = Transcript.of_call(session, note.call_id)
     return {
         "event": row.event,
         "delivery": row.id,

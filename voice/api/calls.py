@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -23,11 +22,10 @@ from accounts.models import Account, Call, Transcript
 from accounts.users import Principal
 from voice.api.auth import client_addr, deny, requires, sees_account, sessions_of
 from voice.api.notes import READERS
-from voice.api.openapi import documented, error_responses
+from voice.api.openapi import documented, error_responses, id_param
 from voice.api.params import int_id
 
 PAUSERS = ("collector", "supervisor", "admin")
-_CALL_PARAM = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _RESPONSES = {
     "200": {"description": "the recording is paused (or resumed); `at_s` is its time in it"},
     "409": {"description": "the call is not in progress, or not being recorded"},
@@ -37,14 +35,14 @@ _RESPONSES = {
 
 
 @requires(*PAUSERS)
-@documented(parameters=[_CALL_PARAM], responses=_RESPONSES)
+@documented(parameters=[id_param("call_id")], responses=_RESPONSES)
 async def pause_recording(request: Request, user: Principal) -> Response:
     """Pause the call's recording (silence is recorded instead) until resumed."""
     return await _set_pause(request, user, paused=True)
 
 
 @requires(*PAUSERS)
-@documented(parameters=[_CALL_PARAM], responses=_RESPONSES)
+@documented(parameters=[id_param("call_id")], responses=_RESPONSES)
 async def resume_recording(request: Request, user: Principal) -> Response:
     """Resume the call's recording after a pause."""
     return await _set_pause(request, user, paused=False)
@@ -67,7 +65,7 @@ async def _set_pause(request: Request, user: Principal, paused: bool) -> Respons
 
 @requires(*READERS)
 @documented(
-    parameters=[_CALL_PARAM],
+    parameters=[id_param("call_id")],
     responses={
         "200": {
             "description": "the utterances stored so far (`segments`, time order, each with "
@@ -96,12 +94,7 @@ async def call_transcript(request: Request, user: Principal) -> Response:
 
 def _stored_transcript(sessions: sessionmaker[Session], call_id: int) -> list[dict[str, Any]]:
     with sessions() as session:
-        rows = session.scalars(
-            select(Transcript)
-            .where(Transcript.call_id == call_id)
-            .order_by(Transcript.start_s, Transcript.id)
-        )
-        return [t.as_dict() for t in rows]
+        return Transcript.of_call(session, call_id)
 
 
 def check_call_access(

@@ -41,7 +41,7 @@ from voice.api.auth import (
 )
 from voice.api.calls import check_call_access
 from voice.api.notes import READERS, iso, visible_account
-from voice.api.openapi import documented, error_responses
+from voice.api.openapi import documented, error_responses, id_param, json_body
 from voice.api.params import int_id, read_json
 from voice.config import Config
 from voice.fleet import uses_kamailio
@@ -50,7 +50,6 @@ from voice.routing.transfer import route_of
 
 DIALERS = ("collector",)  # the phone that rings first is the requester's own
 PLACED = "call.place"  # audit action of an accepted request
-_CALL_PARAM = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
 
 class Refused(Exception):
@@ -61,26 +60,21 @@ class Refused(Exception):
 
 @requires(*DIALERS)
 @documented(
-    requestBody={
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["account"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "account": {"type": "string", "description": "account number"},
-                        "to": {
-                            "type": "string",
-                            "description": "one of the account's contact numbers, any "
-                            "spelling; default: its first contact",
-                        },
-                    },
-                }
-            }
-        },
-    },
+    requestBody=json_body(
+        {
+            "type": "object",
+            "required": ["account"],
+            "additionalProperties": False,
+            "properties": {
+                "account": {"type": "string", "description": "account number"},
+                "to": {
+                    "type": "string",
+                    "description": "one of the account's contact numbers, any "
+                    "spelling; default: its first contact",
+                },
+            },
+        }
+    ),
     responses={
         "202": {"description": "the collector's phone is ringing: `call_id`, `status_url`"},
         "403": {"description": "the destination is not allowed (`rule`, `reason`)"},
@@ -194,7 +188,7 @@ def _contact(session: Session, account: Account, to: str | None, region: str) ->
 
 @requires(*READERS)
 @documented(
-    parameters=[_CALL_PARAM],
+    parameters=[id_param("call_id")],
     responses={
         "200": {
             "description": "direction, status, parties, times, end reason, and every "

@@ -23,7 +23,7 @@ from accounts import audit
 from accounts.models import Account, Call, CallEvent, Note, Recording, Transcript
 from accounts.users import Principal
 from voice.api.auth import client_addr, deny, requires, sees_account, sessions_of
-from voice.api.openapi import documented, error_responses, query_param
+from voice.api.openapi import documented, error_responses, id_param, json_body, query_param
 from voice.api.params import account_number, int_id, int_query, query, read_json
 
 ACTION_EVENTS = (
@@ -102,11 +102,6 @@ def call_detail(session: Session, call_id: int) -> dict[str, Any] | None:
     recordings = session.scalars(
         select(Recording).where(Recording.call_id == call_id).order_by(Recording.id)
     )
-    transcript = session.scalars(
-        select(Transcript)
-        .where(Transcript.call_id == call_id)
-        .order_by(Transcript.start_s, Transcript.id)
-    )
     return {
         "direction": call.direction,
         "caller": call.caller,
@@ -129,7 +124,7 @@ def call_detail(session: Session, call_id: int) -> dict[str, Any] | None:
             }
             for r in recordings
         ],
-        "transcript": [t.as_dict() for t in transcript],
+        "transcript": Transcript.of_call(session, call_id),
     }
 
 
@@ -244,7 +239,7 @@ def _voicemails(
 
 @requires(*READERS)
 @documented(
-    parameters=[{"name": "note_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+    parameters=[id_param("note_id")],
     responses={
         "200": {
             "description": "the note",
@@ -289,21 +284,14 @@ def _get(
 
 @requires(*WRITERS)
 @documented(
-    requestBody={
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["body"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "body": {"type": "string", "minLength": 1, "maxLength": MAX_BODY}
-                    },
-                }
-            }
-        },
-    },
+    requestBody=json_body(
+        {
+            "type": "object",
+            "required": ["body"],
+            "additionalProperties": False,
+            "properties": {"body": {"type": "string", "minLength": 1, "maxLength": MAX_BODY}},
+        }
+    ),
     responses={
         "201": {
             "description": "the new note (its URL in Location)",

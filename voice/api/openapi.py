@@ -44,6 +44,16 @@ def query_param(name: str, description: str, schema: dict[str, Any]) -> dict[str
     return {"name": name, "in": "query", "description": description, "schema": schema}
 
 
+def id_param(name: str) -> dict[str, Any]:
+    """An integer path parameter: the id of a call, a recording, a note."""
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """A required JSON request body of `schema`."""
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def error_responses(*codes: str) -> dict[str, Any]:
     return {code: {"description": _ERRORS[code], "content": _ERROR_CONTENT} for code in codes}
 

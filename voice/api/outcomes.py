@@ -41,7 +41,7 @@ from voice.api.auth import (
     sessions_of,
 )
 from voice.api.notes import visible_account
-from voice.api.openapi import documented, error_responses, query_param
+from voice.api.openapi import documented, error_responses, id_param, json_body, query_param
 from voice.api.params import account_number, int_id, int_query, query, read_json
 from voice.routing.guardrails import Guardrails
 
@@ -49,7 +49,6 @@ CALLERS = ("collector", "supervisor", "admin")  # who places calls and marks the
 _FIELDS = ("kind", "amount_cents", "date", "text")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _STRING = {"type": "string"}
-_CALL_PARAM = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _OUTCOME_SCHEMA = {
     "type": "object",
     "properties": {
@@ -73,32 +72,27 @@ _OUTCOME_SCHEMA = {
 
 @requires(*CALLERS)
 @documented(
-    parameters=[_CALL_PARAM],
-    requestBody={
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["kind"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "kind": {"enum": list(OUTCOME_KINDS)},
-                        "amount_cents": {
-                            "type": "integer",
-                            "description": "promise_to_pay: the amount, in the account's currency",
-                        },
-                        "date": {
-                            "type": "string",
-                            "format": "date",
-                            "description": "promise_to_pay: by when; follow_up: when (required)",
-                        },
-                        "text": {"type": "string", "maxLength": MAX_TEXT},
-                    },
-                }
-            }
-        },
-    },
+    parameters=[id_param("call_id")],
+    requestBody=json_body(
+        {
+            "type": "object",
+            "required": ["kind"],
+            "additionalProperties": False,
+            "properties": {
+                "kind": {"enum": list(OUTCOME_KINDS)},
+                "amount_cents": {
+                    "type": "integer",
+                    "description": "promise_to_pay: the amount, in the account's currency",
+                },
+                "date": {
+                    "type": "string",
+                    "format": "date",
+                    "description": "promise_to_pay: by when; follow_up: when (required)",
+                },
+                "text": {"type": "string", "maxLength": MAX_TEXT},
+            },
+        }
+    ),
     responses={
         "201": {
             "description": "the stored outcome (an outcome note is filed on the account)",

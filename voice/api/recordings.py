@@ -33,8 +33,8 @@ from recordings.paths import UnsafePath, open_for_reading, path_for
 from recordings.retention import RecordingDeleted, Retention
 from recordings.search import RecordingFilter, RecordingInfo, RecordingSearch, Scope, SearchError
 from recordings.verify import RecordingNotFound, verify
-from voice.api.auth import client_addr, deny, requires, sees_account, sessions_of
-from voice.api.openapi import documented, error_responses, query_param
+from voice.api.auth import client_addr, config_of, deny, requires, sees_account, sessions_of
+from voice.api.openapi import documented, error_responses, id_param, json_body, query_param
 from voice.api.params import int_id, int_query, query, read_json, utc_query
 from voice.config import Config
 
@@ -47,12 +47,6 @@ _RANGE = re.compile(r"(\d{0,18})-(\d{0,18})")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SEARCH_PARAMS = ("account", "phone", "collector", "from", "to", "direction", "q")
 _STRING = {"type": "string"}
-_ID_PARAM = {"name": "recording_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-
-
-def _cfg(request: Request) -> Config:
-    cfg = getattr(request.app.state, "cfg", None)
-    return cfg if cfg is not None else Config()
 
 
 def _scope(user: Principal) -> Scope:
@@ -92,7 +86,7 @@ async def search_recordings(request: Request, user: Principal) -> Response:
     Collectors: only recordings of their own accounts' calls."""
     params = query(request, (*_SEARCH_PARAMS, "limit", "offset"))
     flt = _filter(params)
-    args = (sessions_of(request), _cfg(request), user, client_addr(request), flt, params)
+    args = (sessions_of(request), config_of(request), user, client_addr(request), flt, params)
     found = await run_in_threadpool(_search, *args)
     next_offset = flt.offset + flt.limit if len(found) == flt.limit else None
     return JSONResponse({"recordings": found, "next_offset": next_offset})
@@ -156,7 +150,7 @@ def _visible(
 
 
 @requires(*READERS)
-@documented(parameters=[_ID_PARAM], responses={**error_responses("404")})
+@documented(parameters=[id_param("recording_id")], responses={**error_responses("404")})
 async def get_recording(request: Request, user: Principal) -> Response:
     """One recording's metadata: call, account, duration, SHA-256, retention, hold.
 
@@ -211,7 +205,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 @requires(*READERS)
 @documented(
     parameters=[
-        _ID_PARAM,
+        id_param("recording_id"),
         query_param("download", "1: as an attachment (Content-Disposition)", _STRING),
         {"name": "Range", "in": "header", "schema": _STRING, "description": "bytes=first-last"},
     ],
@@ -233,7 +227,13 @@ async def get_audio(request: Request, user: Principal) -> Response:
     if params.get("download", "1") not in ("0", "1"):
         raise HTTPException(422, "download must be 0 or 1")
     download = params.get("download") == "1"
-    args = (sessions_of(request), _cfg(request).recordings_dir, user, client_addr(request), rid)
+    args = (
+        sessions_of(request),
+        config_of(request).recordings_dir,
+        user,
+        client_addr(request),
+        rid,
+    )
     info, audio, size = await run_in_threadpool(_open_audio, *args, request, download)
     headers = {
         "Accept-Ranges": "bytes",
@@ -331,7 +331,7 @@ async def _stream(audio: BinaryIO, first: int, last: int) -> AsyncIterator[bytes
 
 @requires(*KEEPERS)
 @documented(
-    parameters=[_ID_PARAM],
+    parameters=[id_param("recording_id")],
     responses={
         "200": {"description": "`ok` true when the file's SHA-256 equals the stored one"},
         **error_responses("404"),
@@ -340,7 +340,13 @@ async def _stream(audio: BinaryIO, first: int, last: int) -> AsyncIterator[bytes
 async def verify_recording(request: Request, user: Principal) -> Response:
     """Recompute the SHA-256 of the recording's file and compare it with the stored one."""
     rid = int_id(request, "recording_id")
-    args = (sessions_of(request), _cfg(request).recordings_dir, user, client_addr(request), rid)
+    args = (
+        sessions_of(request),
+        config_of(request).recordings_dir,
+        user,
+        client_addr(request),
+        rid,
+    )
     return JSONResponse(await run_in_threadpool(_verify, *args))
 
 
@@ -359,22 +365,15 @@ def _verify(
 
 @requires(*KEEPERS)
 @documented(
-    parameters=[_ID_PARAM],
-    requestBody={
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["reason"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "reason": {"type": "string", "minLength": 1, "maxLength": MAX_REASON}
-                    },
-                }
-            }
-        },
-    },
+    parameters=[id_param("recording_id")],
+    requestBody=json_body(
+        {
+            "type": "object",
+            "required": ["reason"],
+            "additionalProperties": False,
+            "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": MAX_REASON}},
+        }
+    ),
     responses={
         "200": {"description": "the recording, now on hold"},
         "409": {"description": "the audio was already deleted"},
@@ -385,19 +384,19 @@ async def hold_recording(request: Request, user: Principal) -> Response:
     """Place a legal hold: the recording is not deleted, whatever its retention, until lifted."""
     rid = int_id(request, "recording_id")
     reason = _reason(await read_json(request))
-    args = (sessions_of(request), _cfg(request), user, client_addr(request), rid, True, reason)
+    args = (sessions_of(request), config_of(request), user, client_addr(request), rid, True, reason)
     return JSONResponse(_json(await run_in_threadpool(_hold, *args)))
 
 
 @requires(*KEEPERS)
 @documented(
-    parameters=[_ID_PARAM],
+    parameters=[id_param("recording_id")],
     responses={"200": {"description": "the recording, hold lifted"}, **error_responses("404")},
 )
 async def release_recording(request: Request, user: Principal) -> Response:
     """Lift a legal hold: the recording is deleted once its retention period has passed."""
     rid = int_id(request, "recording_id")
-    args = (sessions_of(request), _cfg(request), user, client_addr(request), rid, False, None)
+    args = (sessions_of(request), config_of(request), user, client_addr(request), rid, False, None)
     return JSONResponse(_json(await run_in_threadpool(_hold, *args)))
 
 
