@@ -162,14 +162,8 @@ def sip_latency(calls: int) -> None:
     """End of the caller's speech → first sound of the IVR's answer, over real SIP calls."""
     import soundfile as sf
 
-    from tests.integration.conftest import run_ua, start_server, stop_server
-    from tests.integration.test_spoken_menu import (
-        MODEL,
-        PHRASES,
-        first_sound,
-        over_menu,
-        write_wav,
-    )
+    from tests.integration.conftest import run_ua, start_server, stop_server, write_wav
+    from tests.integration.test_spoken_menu import MODEL, PHRASES, first_sound, over_menu
 
     print(f"\nEnd of speech → IVR answer starts, real SIP (G722), {calls} calls, one at a time")
     waits: list[float] = []

@@ -280,6 +280,28 @@ def last_call_id(server: Server, caller: str) -> int:
     return call_id
 
 
+def events_of(server: Server, call_id: int) -> list[tuple[str, dict[str, Any]]]:
+    """The call's events, in order: (kind, detail)."""
+    from sqlalchemy import select
+
+    from accounts.models import CallEvent
+
+    with server.session() as session:
+        rows = session.scalars(
+            select(CallEvent).where(CallEvent.call_id == call_id).order_by(CallEvent.seq)
+        )
+        return [(e.kind, e.detail) for e in rows]
+
+
+def write_wav(path: Path, pcm: Any, rate: int = 16000) -> Path:
+    """16-bit mono WAV of `pcm` (int16 samples), e.g. for the scripted UA's `say:` step."""
+    import numpy as np
+    import soundfile
+
+    soundfile.write(path, np.asarray(pcm, dtype=np.int16), rate, subtype="PCM_16")
+    return path
+
+
 def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.1) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

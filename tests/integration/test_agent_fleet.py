@@ -31,11 +31,13 @@ from tests.integration.conftest import (
     REPO,
     SIPP_DIR,
     Server,
+    events_of,
     free_port,
     require_sipp,
     start_server,
     stop_server,
     wait_for,
+    write_wav,
 )
 from tests.integration.test_agent_transfer import (
     COLLECTOR_SOUND,
@@ -44,12 +46,10 @@ from tests.integration.test_agent_transfer import (
     Softphone,
     assert_own_party,
     closed,
-    events_of,
     loud_pieces,
     require_baresip,
     scores,
     upsample,
-    write_wav,
 )
 from tests.integration.test_api import api, token_of, voice_users
 from tests.integration.test_fleet import fleet_env

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,18 +24,20 @@ import pytest
 import soundfile
 from sqlalchemy import select, update
 
-from accounts.models import CallEvent, CallOutcome, Collector, Note, Recording
+from accounts.models import CallOutcome, Collector, Note, Recording
 from recordings.paths import path_for
 from tests.integration.audio import best_match
 from tests.integration.conftest import (
     PJUA,
     Server,
+    events_of,
     free_port,
     last_call_id,
     run_ua,
     start_server,
     stop_server,
     wait_for,
+    write_wav,
 )
 from tests.integration.test_kamailio import baresip_config
 from voice.config import TtsConfig
@@ -64,15 +65,6 @@ def upsample(pcm: np.ndarray, factor: int) -> np.ndarray:
     padded = np.zeros(len(pcm) * factor // 2 + 1, dtype=complex)
     padded[: len(spectrum)] = spectrum
     return np.fft.irfft(padded, len(pcm) * factor) * factor
-
-
-def write_wav(path: Path, pcm: np.ndarray, rate: int) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm.astype("<i2").tobytes())
-    return path
 
 
 CUSTOMER_SOUND = noise(5.0, RATE, seed=1)
@@ -194,16 +186,6 @@ def closed(server: Server, call_id: int, count: int, timeout: float = 25.0) -> l
         f"recordings of call {call_id}: {recordings_of(server, call_id)}\n" + (server.log()[-3000:])
     )
     return rows  # type: ignore[return-value]
-
-
-def events_of(server: Server, call_id: int) -> list[tuple[str, dict[str, object]]]:
-    with server.session() as session:
-        rows = session.execute(
-            select(CallEvent.kind, CallEvent.detail)
-            .where(CallEvent.call_id == call_id)
-            .order_by(CallEvent.seq)
-        ).all()
-        return [(k, d) for k, d in rows]
 
 
 def loud_pieces(channel: np.ndarray, seconds: float = 1.0, count: int = 3) -> list[np.ndarray]:

