@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import Base
+from accounts.textindex import ensure as ensure_text_index
 
 
 def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
@@ -60,6 +61,8 @@ def create_schema(engine: Engine) -> None:
             # Take the write lock before the first check (waiting up to busy_timeout for it).
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         Base.metadata.create_all(conn)
+        # Triggers, the FTS table and indexes added since a database was made (accounts/textindex).
+        ensure_text_index(conn)
         conn.commit()
 
 

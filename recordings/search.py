@@ -4,22 +4,23 @@ Who asks decides what can be found: a `Scope` is required on every query, and a 
 scope only reaches recordings of calls on accounts assigned to them. A recording outside the
 scope is reported exactly like one that does not exist.
 
-Words are matched in the call's transcript rows (`Transcript.text`, case-insensitive
-substring, every word must occur somewhere in the call); `_said()` is the one place that knows
-where transcript text lives.
+Words are matched in the call's transcript rows through the text index (accounts/textindex.py:
+SQLite FTS5, PostgreSQL full-text with a GIN index): whole words, case-insensitive, every word
+somewhere in the call, not necessarily in one utterance. A "word" is a run of letters or digits,
+so "invoice_number" is the two words invoice and number, and "100%" is 100.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, false, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts import textindex
 from accounts.models import CALL_DIRECTIONS, Account, Call, Collector, Recording, Transcript
 from accounts.phones import normalize
 from recordings.verify import RecordingNotFound
@@ -27,7 +28,6 @@ from recordings.verify import RecordingNotFound
 MAX_LIMIT = 500
 MAX_WORDS = 10
 MAX_WORD_LENGTH = 64
-_LIKE_SPECIAL = re.compile(r"([\\%_])")
 
 
 class SearchError(ValueError):
@@ -111,21 +111,20 @@ def phone_spellings(raw: str, region: str = "US") -> list[str]:
     return list(dict.fromkeys(spellings))
 
 
-def _said(word: str) -> ColumnElement[bool]:
-    pattern = "%" + _LIKE_SPECIAL.sub(r"\\\1", word.lower()) + "%"
-    return exists().where(
-        Transcript.call_id == Call.id,
-        func.lower(Transcript.text).like(pattern, escape="\\"),
-    )
+def _said(dialect: str, term: str) -> ColumnElement[bool]:
+    calls = select(Transcript.call_id).where(textindex.said_in(dialect, term))
+    return Call.id.in_(calls)
 
 
 def _words(text: str) -> list[str]:
-    words = [w for w in re.split(r"\s+", text.strip()) if w]
+    words = textindex.terms(text)
+    if not words:
+        raise SearchError("q: no word to search for (words are letters or digits)")
     if len(words) > MAX_WORDS:
         raise SearchError(f"q: at most {MAX_WORDS} words")
     if any(len(w) > MAX_WORD_LENGTH for w in words):
         raise SearchError(f"q: words of at most {MAX_WORD_LENGTH} characters")
-    return words
+    return list(dict.fromkeys(words))
 
 
 def _base() -> Select[Any]:
@@ -145,7 +144,7 @@ def _scoped(stmt: Select[Any], scope: Scope) -> Select[Any]:
     return stmt.where(Account.collector_id == scope.collector_id)
 
 
-def _conditions(flt: RecordingFilter, region: str) -> list[ColumnElement[bool]]:
+def _conditions(flt: RecordingFilter, region: str, dialect: str) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     if flt.account is not None:
         where.append(Account.number == flt.account.strip())
@@ -167,7 +166,7 @@ def _conditions(flt: RecordingFilter, region: str) -> list[ColumnElement[bool]]:
             raise SearchError(f"direction: expected one of {', '.join(CALL_DIRECTIONS)}")
         where.append(Call.direction == flt.direction)
     if flt.words:
-        where.extend(_said(word) for word in _words(flt.words))
+        where.extend(_said(dialect, word) for word in _words(flt.words))
     return where
 
 
@@ -217,7 +216,9 @@ class RecordingSearch:
             raise SearchError(f"limit: expected 1..{MAX_LIMIT}")
         if flt.offset < 0:
             raise SearchError("offset: expected 0 or more")
-        stmt = _scoped(_base(), scope).where(and_(True, *_conditions(flt, self._region)))
+        dialect = self._sessions.kw["bind"].dialect.name
+        where = _conditions(flt, self._region, dialect)
+        stmt = _scoped(_base(), scope).where(and_(True, *where))
         stmt = stmt.order_by(Recording.started_at.desc(), Recording.id.desc())
         stmt = stmt.limit(flt.limit).offset(flt.offset)
         with self._sessions() as session:
