@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import Recording, utcnow
 from recordings.paths import UnsafePath, path_for
+from recordings.peaks import cache_for
 from recordings.verify import VERIFIABLE, RecordingNotFound
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ class Retention:
                     path.unlink()
                 except FileNotFoundError:
                     result.missing.append(rid)
+                cache_for(path).unlink(missing_ok=True)  # the waveform goes with the audio
         except (UnsafePath, OSError) as exc:
             result.errors.append((rid, str(exc)))
             return

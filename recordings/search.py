@@ -60,6 +60,7 @@ class RecordingFilter:
     end: dt.datetime | None = None  # ... and before
     direction: str | None = None  # inbound | outbound
     words: str | None = None  # words said on the call
+    oldest_first: bool = False  # newest first unless asked
     limit: int = 50
     offset: int = 0
 
@@ -211,7 +212,7 @@ class RecordingSearch:
         self._region = region
 
     def search(self, flt: RecordingFilter, scope: Scope) -> list[RecordingInfo]:
-        """Matching recordings, newest first."""
+        """Matching recordings, newest (or oldest) first."""
         if not 1 <= flt.limit <= MAX_LIMIT:
             raise SearchError(f"limit: expected 1..{MAX_LIMIT}")
         if flt.offset < 0:
@@ -219,10 +220,17 @@ class RecordingSearch:
         dialect = self._sessions.kw["bind"].dialect.name
         where = _conditions(flt, self._region, dialect)
         stmt = _scoped(_base(), scope).where(and_(True, *where))
-        stmt = stmt.order_by(Recording.started_at.desc(), Recording.id.desc())
+        if flt.oldest_first:
+            stmt = stmt.order_by(Recording.started_at, Recording.id)
+        else:
+            stmt = stmt.order_by(Recording.started_at.desc(), Recording.id.desc())
         stmt = stmt.limit(flt.limit).offset(flt.offset)
         with self._sessions() as session:
             return [_info(row) for row in session.execute(stmt)]
+
+    def check(self, flt: RecordingFilter) -> None:
+        """Raise SearchError for a bad filter value, as search() would, without querying."""
+        _conditions(flt, self._region, self._sessions.kw["bind"].dialect.name)
 
     def get(self, recording_id: int, scope: Scope) -> RecordingInfo:
         """One recording, or RecordingNotFound (also when it is outside `scope`)."""

@@ -17,12 +17,15 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from accounts.db import make_engine, make_sessions
+from accounts.promises import CallPromises
+from accounts.retry import retry_db
 from accounts.services import CallJournal, Ledger
+from accounts.verification import CallVerifier, Lockout, Verifications
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
 from recordings.book import RecordingBook
 from voice.asr.live import CallSpeech, Segment
@@ -41,7 +44,6 @@ from voice.sip.engine import CallIdentity, Events, SipEngine
 from voice.sip.uri import reason_header
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 EVENT_TRIES = 3  # a call event: ~0.75 s of retries, then it is skipped (the call goes on)
 NOTE_TRIES = 8  # the closing note: ~20 s of retries (start-up repair closes what is left)
@@ -110,18 +112,6 @@ class CallLog:
             log.error("call %d: %s not written after %d tries: %s", self.call_id, what, tries, exc)
 
 
-async def retry_db(tries: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`fn` in a thread, retried with back-off while the database refuses; the last error out."""
-    for attempt in range(tries):
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except (OperationalError, DBAPIError):
-            if attempt == tries - 1:
-                raise
-            await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
-    raise AssertionError("unreachable")
-
-
 @dataclass
 class ActiveRecording:
     recording_id: int
@@ -146,6 +136,10 @@ class Worker(Events):
         self.guardrails = Guardrails(cfg.guardrails, sessions)
         self._new_legs: dict[int, SipCall] = {}  # legs placed, until `place_leg` takes them
         self.ledger = AsyncLedger(Ledger(sessions, region=cfg.accounts.default_region))
+        lockout = Lockout(
+            cfg.ivr.verify_lockout_failures, dt.timedelta(minutes=cfg.ivr.verify_lockout_minutes)
+        )
+        self.verifications = Verifications(sessions, lockout)
         self.journal = CallJournal(sessions)
         self.clips = ClipLibrary(
             cfg.tts, cfg.data_dir / "cache" / "tts", cfg.prompts_dir, cfg.ivr.company_name
@@ -333,6 +327,8 @@ class Worker(Events):
                 self.cfg.ivr,
                 agent=self._transfer(call, call_id, journal),
                 direction="outbound" if outbound else "inbound",
+                verifier=self._verifier(call.callee if outbound else call.caller, call_id),
+                promises=CallPromises(self.sessions, call_id),
             )
             await flow.run()
             await self._annotate(call_id)
@@ -342,6 +338,14 @@ class Worker(Events):
         finally:
             if speech := self.speech.pop(call.identity.key, None):
                 await self._finish_speech(speech, self.call_ids.get(call.identity.key))
+
+    def _verifier(self, customer: str | None, call_id: int) -> CallVerifier | None:
+        ivr = self.cfg.ivr
+        if ivr.verify == "none":
+            return None
+        return CallVerifier(
+            self.verifications, ivr.verify, customer, call_id, self.cfg.accounts.default_region
+        )
 
     # -- agents: transfer, legs, click-to-call, softphone calls ----------------------------------
 

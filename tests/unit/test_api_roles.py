@@ -89,6 +89,9 @@ ENDPOINTS = [
     Endpoint(
         "GET", "/api/recordings/{recording_id}/audio", ANY_ROLE, "recording.play", scoped=True
     ),
+    Endpoint(
+        "GET", "/api/recordings/{recording_id}/peaks", ANY_ROLE, "recording.peaks", scoped=True
+    ),
     Endpoint("POST", "/api/recordings/{recording_id}/verify", KEEPERS, "recording.verify"),
     Endpoint("PUT", "/api/recordings/{recording_id}/hold", KEEPERS, "recording.hold", json=HOLD),
     Endpoint("DELETE", "/api/recordings/{recording_id}/hold", KEEPERS, "recording.release"),

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from voice.api import audit, calls, dialout, notes, openapi, outcomes, recordings
+from voice.api import audit, calls, dialout, notes, openapi, outcomes, recording_keep, recordings
 from voice.api.auth import json_error
 from voice.api.openapi import API_PREFIX
 from voice.config import Config
@@ -24,6 +24,7 @@ ROUTES: list[BaseRoute] = [
     *notes.ROUTES,
     *audit.ROUTES,
     *recordings.ROUTES,
+    *recording_keep.ROUTES,
     *calls.ROUTES,
     *dialout.ROUTES,
     *outcomes.ROUTES,

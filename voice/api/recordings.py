@@ -2,9 +2,9 @@
 
 Collectors reach only recordings of calls on accounts assigned to them (404 otherwise, as if
 the recording did not exist); supervisors, compliance and administrators reach all. Checking
-integrity and legal holds belong to compliance and administrators. Every access, refusal
-included, is an audit row written before any audio leaves: if it cannot be written, nothing
-is served.
+integrity and legal holds belong to compliance and administrators (voice/api/recording_keep.py).
+Every access, refusal included, is an audit row written before any audio leaves: if it cannot
+be written, nothing is served.
 """
 
 from __future__ import annotations
@@ -30,22 +30,20 @@ from accounts import audit
 from accounts.models import Recording
 from accounts.users import Principal
 from recordings.paths import UnsafePath, open_for_reading, path_for
-from recordings.retention import RecordingDeleted, Retention
+from recordings.peaks import NoAudio, peaks_of
 from recordings.search import RecordingFilter, RecordingInfo, RecordingSearch, Scope, SearchError
-from recordings.verify import RecordingNotFound, verify
+from recordings.verify import RecordingNotFound
 from voice.api.auth import client_addr, config_of, deny, requires, sees_account, sessions_of
-from voice.api.openapi import documented, error_responses, id_param, json_body, query_param
-from voice.api.params import int_id, int_query, query, read_json, utc_query
+from voice.api.openapi import documented, error_responses, id_param, query_param
+from voice.api.params import int_id, int_query, query, utc_query
 from voice.config import Config
 
 READERS = ("collector", "supervisor", "compliance", "admin")
-KEEPERS = ("compliance", "admin")  # integrity checks and legal holds
 CHUNK = 64 * 1024
-MAX_REASON = 500
 MEDIA_TYPES = {"flac": "audio/flac", "wav": "audio/wav"}
 _RANGE = re.compile(r"(\d{0,18})-(\d{0,18})")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_SEARCH_PARAMS = ("account", "phone", "collector", "from", "to", "direction", "q")
+SEARCH_PARAMS = ("account", "phone", "collector", "from", "to", "direction", "q", "order")
 _STRING = {"type": "string"}
 
 
@@ -53,7 +51,7 @@ def _scope(user: Principal) -> Scope:
     return Scope.collector(user.collector_id) if user.role == "collector" else Scope.all()
 
 
-def _json(info: RecordingInfo) -> dict[str, Any]:
+def as_json(info: RecordingInfo) -> dict[str, Any]:
     out = info.to_json()
     out["audio_url"] = f"/api/recordings/{info.id}/audio"
     return out
@@ -72,6 +70,7 @@ def _json(info: RecordingInfo) -> dict[str, Any]:
         query_param("to", "started before (a date: through the end of that day, UTC)", _STRING),
         query_param("direction", "inbound or outbound", _STRING),
         query_param("q", "words said on the call (all of them, in its transcript)", _STRING),
+        query_param("order", "newest (default) or oldest first", _STRING),
         query_param("limit", "at most this many (default 50, at most 500)", {"type": "integer"}),
         query_param("offset", "skip this many (next page)", {"type": "integer"}),
     ],
@@ -84,16 +83,16 @@ async def search_recordings(request: Request, user: Principal) -> Response:
     """Search recordings.
 
     Collectors: only recordings of their own accounts' calls."""
-    params = query(request, (*_SEARCH_PARAMS, "limit", "offset"))
-    flt = _filter(params)
+    params = query(request, (*SEARCH_PARAMS, "limit", "offset"))
+    flt = filter_from(params)
     args = (sessions_of(request), config_of(request), user, client_addr(request), flt, params)
-    found = await run_in_threadpool(_search, *args)
+    found = await run_in_threadpool(search_for, *args)
     next_offset = flt.offset + flt.limit if len(found) == flt.limit else None
     return JSONResponse({"recordings": found, "next_offset": next_offset})
 
 
-def _filter(params: dict[str, str]) -> RecordingFilter:
-    for name in _SEARCH_PARAMS:
+def filter_from(params: dict[str, str]) -> RecordingFilter:
+    for name in SEARCH_PARAMS:
         value = params.get(name)
         if value is not None and not (0 < len(value) <= 200 and value.isprintable()):
             raise HTTPException(422, f"{name} must be 1-200 printable characters")
@@ -108,12 +107,19 @@ def _filter(params: dict[str, str]) -> RecordingFilter:
         end=end,
         direction=params.get("direction"),
         words=params.get("q"),
+        oldest_first=_oldest_first(params.get("order")),
         limit=int_query(params, "limit", 50, 1, 500) or 50,
         offset=int_query(params, "offset", 0, 0, 10**9) or 0,
     )
 
 
-def _search(
+def _oldest_first(order: str | None) -> bool:
+    if order not in (None, "newest", "oldest"):
+        raise HTTPException(422, "order must be newest or oldest")
+    return order == "oldest"
+
+
+def search_for(
     sessions: sessionmaker[Session],
     cfg: Config,
     user: Principal,
@@ -127,13 +133,13 @@ def _search(
         raise HTTPException(422, str(exc)) from None
     detail = {"filters": params, "count": len(found), "ids": [r.id for r in found]}
     audit.record(sessions, user, addr, "recordings.search", "recording", None, detail)
-    return [_json(info) for info in found]
+    return [as_json(info) for info in found]
 
 
 # -- one recording ------------------------------------------------------------------------
 
 
-def _visible(
+def visible(
     sessions: sessionmaker[Session], user: Principal, addr: str | None, recording_id: int
 ) -> RecordingInfo:
     """The recording if `user` may see it; otherwise the refusal is audited and 404 raised."""
@@ -156,17 +162,72 @@ async def get_recording(request: Request, user: Principal) -> Response:
 
     Collectors: only recordings of their own accounts' calls (404 otherwise)."""
     rid = int_id(request, "recording_id")
-    info = await run_in_threadpool(_read, sessions_of(request), user, client_addr(request), rid)
-    return JSONResponse(_json(info))
+    info = await run_in_threadpool(read_for, sessions_of(request), user, client_addr(request), rid)
+    return JSONResponse(as_json(info))
 
 
-def _read(
+def read_for(
     sessions: sessionmaker[Session], user: Principal, addr: str | None, rid: int
 ) -> RecordingInfo:
-    info = _visible(sessions, user, addr, rid)
+    info = visible(sessions, user, addr, rid)
     detail = {"account": info.account_number, "call_id": info.call_id}
     audit.record(sessions, user, addr, "recording.read", "recording", rid, detail)
     return info
+
+
+# -- waveform -----------------------------------------------------------------------------
+
+
+@requires(*READERS)
+@documented(
+    parameters=[id_param("recording_id")],
+    responses={
+        "200": {
+            "description": "waveform peaks computed once from the audio and cached: `lanes` "
+            "(one per channel: customer and collector for a bridged call), each `peaks` 0..1 "
+            "per `bucket_s` seconds, null inside a PCI pause"
+        },
+        "409": {"description": "still recording"},
+        "410": {"description": "deleted after its retention period"},
+        **error_responses("404"),
+    },
+)
+async def get_peaks(request: Request, user: Principal) -> Response:
+    """The recording's waveform peaks, per channel, for drawing a player.
+
+    Collectors: only recordings of their own accounts' calls (404 otherwise)."""
+    rid = int_id(request, "recording_id")
+    args = (sessions_of(request), config_of(request).recordings_dir, user, client_addr(request))
+    return JSONResponse(await run_in_threadpool(peaks_for, *args, rid))
+
+
+def peaks_for(
+    sessions: sessionmaker[Session], root: Path, user: Principal, addr: str | None, rid: int
+) -> dict[str, Any]:
+    """The peaks if `user` may see the recording; audited like a read, before they are sent."""
+    info = visible(sessions, user, addr, rid)
+    _refuse_without_audio(sessions, user, addr, info)
+    with sessions() as session:
+        recording = session.get(Recording, rid)
+    assert recording is not None  # visible() found it; rows are never deleted
+    detail = {"account": info.account_number, "call_id": info.call_id}
+    audit.record(sessions, user, addr, "recording.peaks", "recording", rid, detail)
+    try:
+        return peaks_of(recording, root)
+    except (NoAudio, UnsafePath):
+        raise HTTPException(404, f"recording {rid}: audio file missing (run verify)") from None
+
+
+def _refuse_without_audio(
+    sessions: sessionmaker[Session], user: Principal, addr: str | None, info: RecordingInfo
+) -> None:
+    rid = info.id
+    if info.status == "deleted":
+        deny(sessions, user, addr, "recording", rid, "audio deleted", status=410)
+        raise HTTPException(410, f"recording {rid} was deleted after its retention period")
+    if info.status == "recording":
+        deny(sessions, user, addr, "recording", rid, "still recording", status=409)
+        raise HTTPException(409, f"recording {rid} is still being recorded")
 
 
 # -- audio --------------------------------------------------------------------------------
@@ -222,6 +283,11 @@ async def get_audio(request: Request, user: Principal) -> Response:
     """The recording's audio; supports HTTP Range (seeking) and ?download=1.
 
     Collectors: only recordings of their own accounts' calls (404 otherwise)."""
+    return await audio_response(request, user)
+
+
+async def audio_response(request: Request, user: Principal) -> Response:
+    """GET /api/recordings/{recording_id}/audio for `user` (the pages' player uses it too)."""
     rid = int_id(request, "recording_id")
     params = query(request, ("download",))
     if params.get("download", "1") not in ("0", "1"):
@@ -234,7 +300,7 @@ async def get_audio(request: Request, user: Principal) -> Response:
         client_addr(request),
         rid,
     )
-    info, audio, size = await run_in_threadpool(_open_audio, *args, request, download)
+    info, audio, size = await run_in_threadpool(open_audio, *args, request, download)
     headers = {
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-store",
@@ -274,7 +340,7 @@ def _wanted_range(request: Request, info: RecordingInfo, size: int) -> tuple[int
     return parse_range(request.headers.get("range"), size)
 
 
-def _open_audio(
+def open_audio(
     sessions: sessionmaker[Session],
     root: Path,
     user: Principal,
@@ -283,17 +349,12 @@ def _open_audio(
     request: Request,
     download: bool,
 ) -> tuple[RecordingInfo, BinaryIO, int]:
-    info = _visible(sessions, user, addr, rid)
+    info = visible(sessions, user, addr, rid)
     action = "recording.download" if download else "recording.play"
     detail: dict[str, Any] = {"account": info.account_number, "call_id": info.call_id}
     if request.headers.get("range"):
         detail["range"] = request.headers["range"][:100]
-    if info.status == "deleted":
-        deny(sessions, user, addr, "recording", rid, "audio deleted", status=410)
-        raise HTTPException(410, f"recording {rid} was deleted after its retention period")
-    if info.status == "recording":
-        deny(sessions, user, addr, "recording", rid, "still recording", status=409)
-        raise HTTPException(409, f"recording {rid} is still being recorded")
+    _refuse_without_audio(sessions, user, addr, info)
     with sessions() as session:
         rel = session.scalar(select(Recording.path).where(Recording.id == rid)) or ""
     try:
@@ -326,122 +387,9 @@ async def _stream(audio: BinaryIO, first: int, last: int) -> AsyncIterator[bytes
         audio.close()
 
 
-# -- integrity and legal hold -------------------------------------------------------------
-
-
-@requires(*KEEPERS)
-@documented(
-    parameters=[id_param("recording_id")],
-    responses={
-        "200": {"description": "`ok` true when the file's SHA-256 equals the stored one"},
-        **error_responses("404"),
-    },
-)
-async def verify_recording(request: Request, user: Principal) -> Response:
-    """Recompute the SHA-256 of the recording's file and compare it with the stored one."""
-    rid = int_id(request, "recording_id")
-    args = (
-        sessions_of(request),
-        config_of(request).recordings_dir,
-        user,
-        client_addr(request),
-        rid,
-    )
-    return JSONResponse(await run_in_threadpool(_verify, *args))
-
-
-def _verify(
-    sessions: sessionmaker[Session], root: Path, user: Principal, addr: str | None, rid: int
-) -> dict[str, Any]:
-    _visible(sessions, user, addr, rid)
-    with sessions() as session:
-        recording = session.get(Recording, rid)
-    assert recording is not None
-    result = verify(recording, root)
-    detail = {"result": result.result, "detail": result.detail}
-    audit.record(sessions, user, addr, "recording.verify", "recording", rid, detail)
-    return result.to_json()
-
-
-@requires(*KEEPERS)
-@documented(
-    parameters=[id_param("recording_id")],
-    requestBody=json_body(
-        {
-            "type": "object",
-            "required": ["reason"],
-            "additionalProperties": False,
-            "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": MAX_REASON}},
-        }
-    ),
-    responses={
-        "200": {"description": "the recording, now on hold"},
-        "409": {"description": "the audio was already deleted"},
-        **error_responses("404", "422"),
-    },
-)
-async def hold_recording(request: Request, user: Principal) -> Response:
-    """Place a legal hold: the recording is not deleted, whatever its retention, until lifted."""
-    rid = int_id(request, "recording_id")
-    reason = _reason(await read_json(request))
-    args = (sessions_of(request), config_of(request), user, client_addr(request), rid, True, reason)
-    return JSONResponse(_json(await run_in_threadpool(_hold, *args)))
-
-
-@requires(*KEEPERS)
-@documented(
-    parameters=[id_param("recording_id")],
-    responses={"200": {"description": "the recording, hold lifted"}, **error_responses("404")},
-)
-async def release_recording(request: Request, user: Principal) -> Response:
-    """Lift a legal hold: the recording is deleted once its retention period has passed."""
-    rid = int_id(request, "recording_id")
-    args = (sessions_of(request), config_of(request), user, client_addr(request), rid, False, None)
-    return JSONResponse(_json(await run_in_threadpool(_hold, *args)))
-
-
-def _reason(data: dict[str, Any]) -> str:
-    if set(data) != {"reason"}:
-        raise HTTPException(422, 'expected exactly {"reason": "..."}')
-    reason = data["reason"]
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
-        raise HTTPException(422, f"reason must be 1-{MAX_REASON} characters of text")
-    if not reason.isprintable():
-        raise HTTPException(422, "reason contains control characters")
-    return reason
-
-
-def _hold(
-    sessions: sessionmaker[Session],
-    cfg: Config,
-    user: Principal,
-    addr: str | None,
-    rid: int,
-    held: bool,
-    reason: str | None,
-) -> RecordingInfo:
-    _visible(sessions, user, addr, rid)
-    action = "recording.hold" if held else "recording.release"
-
-    def log(session: Session, changed: bool) -> None:
-        detail: dict[str, Any] = {"changed": changed}
-        if reason is not None:
-            detail["reason"] = reason
-        audit.record(session, user, addr, action, "recording", rid, detail)
-
-    try:
-        Retention.from_config(cfg, sessions).set_hold(rid, held, also=log)
-    except RecordingDeleted as exc:
-        deny(sessions, user, addr, "recording", rid, str(exc), status=409)
-        raise HTTPException(409, str(exc)) from None
-    return RecordingSearch(sessions).get(rid, Scope.all())
-
-
 ROUTES = [
     Route("/recordings", search_recordings, methods=["GET"]),
     Route("/recordings/{recording_id}", get_recording, methods=["GET"]),
     Route("/recordings/{recording_id}/audio", get_audio, methods=["GET"]),
-    Route("/recordings/{recording_id}/verify", verify_recording, methods=["POST"]),
-    Route("/recordings/{recording_id}/hold", hold_recording, methods=["PUT"]),
-    Route("/recordings/{recording_id}/hold", release_recording, methods=["DELETE"]),
+    Route("/recordings/{recording_id}/peaks", get_peaks, methods=["GET"]),
 ]
