@@ -9,6 +9,7 @@ A failure to record must fail the access, so nothing here swallows errors.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import event, select
@@ -33,13 +34,23 @@ class Actor(Protocol):
     def role(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class SystemActor:
+    """A part of the server acting on its own (the IVR journaling a caller's failed
+    verification): no user row, its name and role "system" in the log."""
+
+    name: str
+    role: str = CLI_ROLE
+    id: None = None
+
+
 class AuditLogIsAppendOnly(RuntimeError):
     pass
 
 
 def record(
     sessions: Session | sessionmaker[Session],
-    user: Actor | None,
+    user: Actor | SystemActor | None,
     client_addr: str | None,
     action: str,
     target_type: str,

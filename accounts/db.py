@@ -9,6 +9,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts import verification  # noqa: F401  (its tables join Base's metadata)
 from accounts.models import Base
 from accounts.textindex import ensure as ensure_text_index
 

@@ -5,6 +5,9 @@ Dates are relative to today (so something is always past due); everything else i
 
 Collectors: "Dana Whitfield" (sip:dana@collections.example), "Marcus Lee" (sip:marcus@...).
 
+Verification (ivr.verify): the ZIP code a caller keys is 10001 for 10042 (date of birth
+1976-07-04, keyed 07041976), 60601 for 20001 and 20002, 94105 for 30003.
+
 Phone +12125550101 -> one account:
   10042  Northwind Traders, USD, Dana.
          INV-0999  issued -130, due -100,  600.00, paid (open 0.00)
@@ -37,6 +40,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import Account, Collector, Contact, Customer, Invoice, Payment
+from accounts.verification import set_value
 
 
 def _days(today: dt.date, offset: int) -> dt.date:
@@ -89,6 +93,12 @@ def load_demo_if_empty(sessions: sessionmaker[Session]) -> bool:
         a20001 = account("20001", fabrikam, marcus)
         a20002 = account("20002", fabrikam, marcus)
         a30003 = account("30003", tailspin, None, "America/Los_Angeles")
+
+        # Right-party verification values (accounts/verification.py), stored hashed.
+        for acct, zip_code in ((a10042, "10001"), (a20001, "60601"), (a20002, "60601"),
+                               (a30003, "94105")):  # fmt: skip
+            set_value(session, acct.id, "postal_code", zip_code)
+        set_value(session, a10042.id, "date_of_birth", "19760704")
 
         session.add_all(
             [

@@ -31,10 +31,19 @@ from accounts.models import (
     Payment,
 )
 from accounts.phones import InvalidPhone, normalize
+from accounts.verification import (
+    VerifierValueError,
+    date_of_birth_on_file,
+    postal_code_on_file,
+    set_value,
+)
 
 # kind -> (required columns, optional columns)
 COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "accounts": (("account_number", "customer_name"), ("currency", "timezone", "collector")),
+    "accounts": (
+        ("account_number", "customer_name"),
+        ("currency", "timezone", "collector", "postal_code", "date_of_birth"),
+    ),
     "contacts": (("account_number", "phone"), ("label",)),
     "invoices": (
         ("account_number", "invoice_number", "issue_date", "due_date", "amount"),
@@ -225,6 +234,8 @@ class _AccountRow:
     currency: str | None
     timezone: str | None
     collector: str | None
+    # Right-party verification values in stored form (accounts/verification.py), hashed on write.
+    verifiers: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -302,9 +313,29 @@ def _check_account(checker: _Checker, row: _Row) -> _AccountRow | None:
             row.fail(f"unknown timezone {timezone!r}: expected a name like America/Chicago")
     if number is not None:
         checker.first_time(row, ("account", number), f"account {number!r}")
+    verifiers = _verifiers(checker, row)
     if not row.ok or number is None or customer_name is None:
         return None
-    return _AccountRow(number, customer_name, currency, timezone, row.text("collector"))
+    return _AccountRow(number, customer_name, currency, timezone, row.text("collector"), verifiers)
+
+
+def _verifiers(checker: _Checker, row: _Row) -> dict[str, str]:
+    """The optional postal_code / date_of_birth columns, checked: a blank one leaves the value
+    on file as it is (an export without the column must not erase it)."""
+    found: dict[str, str] = {}
+    readers = {
+        "postal_code": lambda raw: postal_code_on_file(raw, checker.region),
+        "date_of_birth": date_of_birth_on_file,
+    }
+    for column, read in readers.items():
+        raw = row.values.get(column, "").strip()
+        if not raw:
+            continue
+        try:
+            found[column] = read(raw)
+        except VerifierValueError as exc:
+            row.fail(str(exc))
+    return found
 
 
 def _check_contact(checker: _Checker, row: _Row) -> _ContactRow | None:
@@ -398,6 +429,8 @@ def _write_account(session: Session, row: _AccountRow) -> None:
     if row.collector is not None:
         account.collector_id = _get_or_create_collector(session, row.collector).id
     session.flush()
+    for kind, value in row.verifiers.items():
+        set_value(session, account.id, kind, value)
 
 
 def _write_contact(session: Session, row: _ContactRow) -> None:

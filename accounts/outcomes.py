@@ -43,6 +43,7 @@ from accounts.models import (
     Note,
     utcnow,
 )
+from accounts.money import money_text
 from accounts.services import UnknownCall
 
 DATED_KINDS = ("promise_to_pay", "follow_up")
@@ -205,9 +206,7 @@ def note_text(call_id: int, marking: Marking, currency: str, previous: str | Non
 
 def money(cents: int, currency: str) -> str:
     """1234567 USD -> "12,345.67 USD" (exact: no float)."""
-    sign = "-" if cents < 0 else ""
-    units, rest = divmod(abs(cents), 100)
-    return f"{sign}{units:,}.{rest:02d} {currency}"
+    return money_text(cents, currency)
 
 
 def account_zone(name: str) -> dt.tzinfo:

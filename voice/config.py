@@ -193,6 +193,10 @@ class AsrConfig:
         return PhraseSet.from_mapping(self.phrases[self.language], self.language)
 
 
+# How the IVR verifies the right party; "none" turns the check off (not recommended).
+VERIFY_METHODS = ("postal_code", "date_of_birth", "none")
+
+
 @dataclass(frozen=True)
 class IvrConfig:
     company_name: str = "Acme Receivables"
@@ -203,8 +207,27 @@ class IvrConfig:
     max_failures: int = 3
     account_number_tries: int = 3
     account_number_max_digits: int = 12
+    # Right-party check before anything about the debt is said (FDCPA third-party disclosure):
+    # which value on file the caller must key, how often, and when a number or account is
+    # locked out for guessing.
+    verify: str = "postal_code"
+    verify_tries: int = 3
+    verify_lockout_failures: int = 5
+    verify_lockout_minutes: int = 60
+    # Promise to pay by keypad (menu 4): how far ahead a promised date may be.
+    max_promise_days: int = 30
+    promise_tries: int = 3
 
     def validate(self) -> None:
+        if self.verify not in VERIFY_METHODS:
+            raise ConfigError(
+                f"ivr.verify: expected one of {', '.join(VERIFY_METHODS)}, got {self.verify!r}"
+            )
+        _check_range("ivr.verify_tries", self.verify_tries, 1, 5)
+        _check_range("ivr.verify_lockout_failures", self.verify_lockout_failures, 1, 100)
+        _check_range("ivr.verify_lockout_minutes", self.verify_lockout_minutes, 1, 24 * 60)
+        _check_range("ivr.max_promise_days", self.max_promise_days, 1, 366)
+        _check_range("ivr.promise_tries", self.promise_tries, 1, 5)
         _check_range("ivr.menu_timeout", self.menu_timeout, 0.5, 60.0)
         _check_range("ivr.digit_timeout", self.digit_timeout, 0.5, 60.0)
         _check_range("ivr.max_failures", self.max_failures, 1, 10)

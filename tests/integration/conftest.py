@@ -138,6 +138,9 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Ser
         # integration calls skip them to stay fast.
         "VOICE_IVR_RECORDING_NOTICE": "false",
         "VOICE_IVR_COLLECTOR_DISCLOSURE": "false",
+        # The menu tests start at the menu; right-party verification has its own tests
+        # (test_verify_call.py), which turn it back on.
+        "VOICE_IVR_VERIFY": "none",
         "VOICE_WORKERS_COUNT": "1",  # developer mode unless a test asks for the fleet
         **(extra_env or {}),
     }

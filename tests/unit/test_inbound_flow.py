@@ -57,6 +57,14 @@ NW_INVOICE = InvoiceSummary(
 )
 NW_PAYMENT = PaymentSummary(dt.date(2024, 3, 12), 60000, "CHK-5001", "USD")
 
+
+
+def menu_cfg(**values: Any) -> IvrConfig:
+    """These tests are about the menu after identification: right-party verification is off
+    here (ivr.verify = "none"); tests/unit/test_verify_flow.py covers it."""
+    return IvrConfig(**{"verify": "none", **values})
+
+
 NOTICES = (["recording_notice", "collector_disclosure"], False)
 GREETING = (["greeting"], True)
 MENU_PROMPT = (["menu"], 1)
@@ -114,6 +122,7 @@ def test_every_prompt_key_the_flow_speaks_exists() -> None:
         "1": "balance",
         "2": "last_invoice",
         "3": "last_payment",
+        "4": "promise",
         "0": "agent",
         "*": "repeat",
     }
@@ -167,7 +176,7 @@ async def run_flow(
     call = FakeCall(caller, script, hangup_on_play=hangup_on_play)
     journal = FakeJournal()
     ledger = ledger or make_ledger()
-    record = await InboundFlow(call, ledger, journal, cfg or IvrConfig(), agent).run()
+    record = await InboundFlow(call, ledger, journal, cfg or menu_cfg(), agent).run()
     assert call.remaining == [], "the flow stopped before the script was used up"
     # One note, always, and it is the summary of what the flow returned.
     assert journal.finished == (record.status, record.end_reason, summarise(record))
@@ -268,7 +277,7 @@ async def test_fake_ledger_matches_exact_caller_strings() -> None:
 async def test_notices_are_heard_whole_then_greeting(
     recording: bool, disclosure: bool, notices: list[tuple[list[str], bool]]
 ) -> None:
-    cfg = IvrConfig(recording_notice=recording, collector_disclosure=disclosure)
+    cfg = menu_cfg(recording_notice=recording, collector_disclosure=disclosure)
     run = await run_flow(ONE_PHONE, [HANGUP], cfg=cfg)
     assert run.call.plays == [*notices, GREETING]
     # Notices come before anything else, the ledger lookup included.
@@ -344,7 +353,7 @@ async def test_last_four_three_failures_end_the_call() -> None:
 
 
 async def test_identify_tries_follow_config() -> None:
-    cfg = IvrConfig(account_number_tries=1)
+    cfg = menu_cfg(account_number_tries=1)
     run = await run_flow(TWO_PHONE, ["1234"], cfg=cfg)
     assert run.call.gathers == [(["which_account"], 4)]
     assert run.call.plays[-1] == (["identify_failed"], False)
@@ -385,7 +394,7 @@ async def test_account_number_found_on_third_try() -> None:
 
 
 async def test_account_number_respects_max_digits() -> None:
-    cfg = IvrConfig(account_number_max_digits=5)
+    cfg = menu_cfg(account_number_max_digits=5)
     run = await run_flow(None, ["100429999", HANGUP], cfg=cfg)
     assert run.call.gathers[0] == (["enter_account"], 5)
     assert run.ledger.calls[1] == ("account_by_number", "10042")
@@ -597,7 +606,7 @@ async def test_three_failures_end_the_call() -> None:
 
 
 async def test_max_failures_follows_config() -> None:
-    run = await run_flow(ONE_PHONE, ["5"], cfg=IvrConfig(max_failures=1))
+    run = await run_flow(ONE_PHONE, ["5"], cfg=menu_cfg(max_failures=1))
     assert run.call.gathers == [MENU_PROMPT]
     assert run.call.plays[-1] == (["too_many_failures"], False)
     assert run.end_reason == "1 failed menu attempts"
@@ -691,7 +700,7 @@ async def test_hangup_during_goodbye() -> None:
 
 
 async def test_journal_events_in_order() -> None:
-    cfg = IvrConfig(recording_notice=False, collector_disclosure=False)
+    cfg = menu_cfg(recording_notice=False, collector_disclosure=False)
     run = await run_flow(
         TWO_PHONE,
         ["9", "0002", "2", "5", HANGUP],
@@ -765,7 +774,7 @@ async def test_cancellation_marks_the_call_interrupted() -> None:
 
     call = FakeCall(ONE_PHONE, ["1", "0"])
     journal = FakeJournal()
-    flow = InboundFlow(call, make_ledger(), journal, IvrConfig(), agent)
+    flow = InboundFlow(call, make_ledger(), journal, menu_cfg(), agent)
     task = asyncio.create_task(flow.run())
     await started.wait()
     task.cancel()
@@ -792,7 +801,7 @@ async def test_ledger_error_marks_the_call_failed() -> None:
 
     call = FakeCall(ONE_PHONE, ["1"])
     journal = FakeJournal()
-    flow = InboundFlow(call, BrokenLedger(**make_ledger().__dict__), journal, IvrConfig())
+    flow = InboundFlow(call, BrokenLedger(**make_ledger().__dict__), journal, menu_cfg())
     with pytest.raises(RuntimeError, match="database is locked"):
         await flow.run()
     assert journal.finished[:2] == ("failed", "error: RuntimeError")

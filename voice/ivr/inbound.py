@@ -9,24 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from accounts.money import money_text
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
 from voice.config import IvrConfig
 from voice.ivr import say
 from voice.ivr.call import Call, HangUp
+from voice.ivr.promise import Promises, arrange_payment
+from voice.ivr.steps import Steps
+from voice.ivr.verify import NOT_REQUIRED, Verdict, Verifier, verify
+
+__all__ = ["money_text"]  # re-exported: the answers' note text is formatted exactly
 
 MENU: dict[str, str] = {
     "1": "balance",
     "2": "last_invoice",
     "3": "last_payment",
+    "4": "promise",
     "0": "agent",
     "*": "repeat",
 }
+# A caller not verified as the right party hears nothing about the debt: only these.
+UNVERIFIED_MENU: dict[str, str] = {"0": "agent", "*": "repeat"}
 # The same choices by voice: option -> its key (phrases per language come from asr.phrases).
 SPOKEN_MENU: dict[str, str] = {option: key for key, option in MENU.items()}
+UNVERIFIED_SPOKEN_MENU: dict[str, str] = {option: key for key, option in UNVERIFIED_MENU.items()}
 
 
 # Stored account numbers may be formatted ("A-100 7"); callers key digits only.
@@ -68,6 +78,7 @@ class CallRecord:
     direction: str = "inbound"
     account: AccountSummary | None = None
     identified_by: str | None = None
+    verification: str | None = None  # how the caller was (not) verified
     actions: list[str] = field(default_factory=list)
     end_reason: str = "completed"
     status: str = "completed"
@@ -82,12 +93,17 @@ class InboundFlow:
         cfg: IvrConfig,
         agent: AgentHandoff | None = None,
         direction: str = "inbound",
+        verifier: Verifier | None = None,
+        promises: Promises | None = None,
     ) -> None:
         self.call = call
         self.ledger = ledger
         self.journal = journal
         self.cfg = cfg
         self.agent = agent
+        self.verifier = verifier  # required unless cfg.verify == "none": without it, no disclosure
+        self.promises = promises
+        self.steps = Steps(call, journal, cfg)
         self.record = CallRecord(caller=call.caller, direction=direction)
 
     async def run(self) -> CallRecord:
@@ -96,9 +112,10 @@ class InboundFlow:
             account = await self._identify()
             if account is None:
                 self.record.end_reason = "account not identified"
-                await self._farewell("identify_failed")
+                await self.steps.farewell("identify_failed")
             else:
-                await self._menu(account)
+                verdict = await self._verify(account)
+                await self._menu(account, verdict.verified)
         except HangUp:
             self.record.end_reason = "caller hung up"
         except asyncio.CancelledError:
@@ -122,8 +139,8 @@ class InboundFlow:
         if self.cfg.collector_disclosure:
             notices.append("collector_disclosure")
         if notices:  # compliance notices are heard whole: no barge-in
-            await self._play(notices, barge_in=False)
-        await self._play(["greeting"])
+            await self.steps.play(notices, barge_in=False)
+        await self.steps.play(["greeting"])
 
     async def _identify(self) -> AccountSummary | None:
         matches = await self.ledger.accounts_for_phone(self.call.caller)
@@ -136,7 +153,7 @@ class InboundFlow:
 
     async def _pick_by_last4(self, matches: list[AccountSummary]) -> AccountSummary | None:
         for _ in range(self.cfg.account_number_tries):
-            digits = await self._gather(["which_account"], max_digits=4)
+            digits = await self.steps.gather(["which_account"], max_digits=4)
             chosen = [
                 a
                 for a in matches
@@ -144,18 +161,18 @@ class InboundFlow:
             ]
             if len(chosen) == 1:
                 return await self._identified(chosen[0], "caller ID and last 4 digits")
-            await self._play(["account_not_found"])
+            await self.steps.play(["account_not_found"])
         return None
 
     async def _ask_account_number(self) -> AccountSummary | None:
         for _ in range(self.cfg.account_number_tries):
-            digits = await self._gather(
+            digits = await self.steps.gather(
                 ["enter_account"], max_digits=self.cfg.account_number_max_digits
             )
             account = await self.ledger.account_by_number(digits) if digits else None
             if account is not None:
                 return await self._identified(account, "account number on keypad")
-            await self._play(["account_not_found"])
+            await self.steps.play(["account_not_found"])
         return None
 
     async def _identified(self, account: AccountSummary, how: str) -> AccountSummary:
@@ -163,14 +180,29 @@ class InboundFlow:
         await self.journal.identified(account, how)
         return account
 
-    async def _menu(self, account: AccountSummary) -> None:
+    async def _verify(self, account: AccountSummary) -> Verdict:
+        if self.cfg.verify == "none":
+            verdict = NOT_REQUIRED
+        elif self.verifier is None:
+            verdict = Verdict(False, "not verified: no verifier on this call")
+        else:
+            verdict = await verify(self.steps, self.verifier, account, self.cfg.verify_tries)
+        # With verification off the note stays as it always was; otherwise it says how.
+        self.record.verification = None if verdict is NOT_REQUIRED else verdict.text
+        return verdict
+
+    async def _menu(self, account: AccountSummary, verified: bool) -> None:
+        if verified:
+            menu, spoken, menu_prompt = MENU, SPOKEN_MENU, "menu"
+        else:
+            menu, spoken, menu_prompt = UNVERIFIED_MENU, UNVERIFIED_SPOKEN_MENU, "menu_unverified"
         failures = 0
-        prompt = ["menu"]
+        prompt = [menu_prompt]
         while True:
-            key = await self._gather(
-                prompt, max_digits=1, timeout=self.cfg.menu_timeout, spoken=SPOKEN_MENU
+            key = await self.steps.gather(
+                prompt, max_digits=1, timeout=self.cfg.menu_timeout, spoken=spoken
             )
-            option = MENU.get(key)
+            option = menu.get(key)
             if option is None:
                 failures += 1
                 heard = self.call.heard
@@ -184,9 +216,9 @@ class InboundFlow:
                 self.record.actions.append(action)
                 if failures >= self.cfg.max_failures:
                     self.record.end_reason = f"{failures} failed menu attempts"
-                    await self._farewell("too_many_failures")
+                    await self.steps.farewell("too_many_failures")
                     return
-                prompt = [reason, "menu"]
+                prompt = [reason, menu_prompt]
                 continue
             failures = 0
             heard = self.call.heard
@@ -195,10 +227,12 @@ class InboundFlow:
                 await self.journal.event("choice", {"said": heard.text, "option": option})
             else:
                 await self.journal.event("choice", {"key": key, "option": option})
-            prompt = ["menu"]
+            prompt = [menu_prompt]
             if option == "agent":
                 if await self._agent(account):
                     return
+            elif option == "promise":
+                await self._promise(account)
             elif option != "repeat":
                 await self._answer(option, account)
 
@@ -217,12 +251,20 @@ class InboundFlow:
             return True
         if result.outcome == "voicemail":
             self.record.end_reason = result.end_reason or "voicemail left"
-            await self._farewell("voicemail_thanks")
+            await self.steps.farewell("voicemail_thanks")
             return True
         if result.end_reason == "caller hung up":
             raise HangUp()
-        await self._play(["agent_unavailable"])
+        await self.steps.play(["agent_unavailable"])
         return False
+
+    async def _promise(self, account: AccountSummary) -> None:
+        if self.promises is None:
+            await self._tell("promise", ["agent_unavailable"], "promise by keypad unavailable")
+            return
+        balance = await self.ledger.balance(account.id)
+        text = await arrange_payment(self.steps, self.promises, account, balance.open_cents)
+        self.record.actions.append(text)
 
     async def _answer(self, option: str, account: AccountSummary) -> None:
         tokens, text = await self._compose(option, account)
@@ -238,49 +280,11 @@ class InboundFlow:
     async def _tell(self, option: str, tokens: list[str], text: str) -> None:
         await self.journal.event("said", {"option": option, "text": text})
         self.record.actions.append(f"{option.replace('_', ' ')}: {text}")
-        await self._play(tokens)
+        await self.steps.play(tokens)
 
-    async def _farewell(self, key: str) -> None:
-        await self._play([key], barge_in=False)
-        await self.call.hangup()
-
-    # -- journaled call primitives ------------------------------------------------------------
-
-    async def _play(self, tokens: Sequence[str], *, barge_in: bool = True) -> None:
-        await self.journal.event("prompt", {"tokens": list(tokens)})
-        await self.call.play(tokens, barge_in=barge_in)
-
-    async def _gather(
-        self,
-        tokens: Sequence[str],
-        *,
-        max_digits: int,
-        timeout: float | None = None,
-        spoken: dict[str, str] | None = None,
-    ) -> str:
-        await self.journal.event("prompt", {"tokens": list(tokens)})
-        digits = await self.call.gather(
-            tokens,
-            max_digits=max_digits,
-            timeout=timeout or self.cfg.digit_timeout,
-            digit_timeout=self.cfg.digit_timeout,
-            spoken=spoken,
-        )
-        heard = self.call.heard
-        if heard is not None:
-            detail = {"text": heard.text, "option": heard.option, "confidence": heard.confidence}
-            await self.journal.event("speech", detail)
-        else:
-            await self.journal.event("keys", {"digits": digits})
-        return digits
 
 
 # -- answers: pure functions from ledger values to (tokens to speak, text for the note) --------
-
-
-def money_text(cents: int, currency: str) -> str:
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) / 100:,.2f} {currency}"
 
 
 def balance_answer(balance: Balance) -> tuple[list[str], str]:
@@ -333,6 +337,8 @@ def summarise(record: CallRecord) -> str:
         lines = [f"Inbound IVR call from {record.caller or 'a withheld number'}."]
     if record.account is not None:
         lines.append(f"Account {record.account.number} identified by {record.identified_by}.")
+        if record.verification is not None:
+            lines.append(f"Caller {record.verification}.")
     else:
         lines.append("Account not identified.")
     if record.actions:

@@ -24,9 +24,58 @@ PROMPTS: dict[str, str] = {
     ),
     "menu": (
         "For your balance, press 1. For your last invoice, press 2. "
-        "For your last payment, press 3. To speak with an agent, press 0. "
-        "To hear these options again, press star."
+        "For your last payment, press 3. To arrange a payment, press 4. "
+        "To speak with an agent, press 0. To hear these options again, press star."
     ),
+    "menu_unverified": (
+        "To speak with an agent or leave a message, press 0. To hear this again, press star."
+    ),
+    # Right-party verification (voice/ivr/verify.py): asked before anything about the debt.
+    "verify_zip_code": (
+        "To protect your privacy, please enter the five digit ZIP code on your account."
+    ),
+    "verify_postal_code": (
+        "To protect your privacy, please enter the postal code on your account, "
+        "followed by the pound key."
+    ),
+    "verify_date_of_birth": (
+        "To protect your privacy, please enter your date of birth: two digits for the month, "
+        "two for the day, and four for the year."
+    ),
+    "verify_wrong": "Sorry, that does not match our records.",
+    "verify_failed": (
+        "We could not verify you, so we cannot discuss this account on this call. "
+        "You can still speak with an agent or leave a message."
+    ),
+    "verify_locked": (
+        "For your security, we cannot verify you on this call. Please try again in an hour, "
+        "or speak with an agent."
+    ),
+    "verify_unavailable": (
+        "We cannot verify you by phone for this account. "
+        "You can speak with an agent or leave a message."
+    ),
+    # Promise to pay by keypad (voice/ivr/promise.py).
+    "promise_amount": (
+        "Please enter the amount you will pay, in dollars and cents with no decimal point, "
+        "followed by the pound key. For fifty dollars, enter 5 0 0 0."
+    ),
+    "promise_amount_invalid": "Sorry, that is not an amount.",
+    "promise_amount_zero": "The amount must be more than zero.",
+    "promise_amount_too_high": "That is more than your open balance.",
+    "promise_date": (
+        "Please enter the date you will pay: two digits for the month, two for the day, "
+        "and four for the year."
+    ),
+    "promise_date_invalid": "Sorry, that is not a valid date.",
+    "promise_date_past": "That date is in the past.",
+    "promise_date_too_far": "That date is too far away. Please choose a date within",
+    "promise_days": "days from today.",
+    "promise_readback": "You promise to pay",
+    "promise_on": "on",
+    "promise_confirm": "To confirm, press 1. To change it, press 2.",
+    "promise_saved": "Thank you. Your promise to pay has been recorded.",
+    "promise_not_saved": "Your promise to pay was not recorded.",
     "invalid_choice": "Sorry, that is not a valid choice.",
     "no_input": "Sorry, we did not receive your choice.",
     "not_understood": "Sorry, I did not understand that.",
