@@ -447,6 +447,27 @@ class CallOutcome(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
+class OutboundAttempt(Base):
+    """An outbound attempt on an account, reserved before anything is dialled.
+
+    The guardrails' attempt limit counts these (accounts/attempts.py): one is inserted under the
+    account's lock by the check that allows the call, then attached to the call it became, or
+    released when nothing was sent.
+    """
+
+    __tablename__ = "outbound_attempts"
+    __table_args__ = (Index("ix_outbound_attempts_account_at", "account_id", "reserved_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    destination: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(120))  # who asked: "api:dana", "softphone:alice"
+    reserved_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    call_id: Mapped[int | None] = mapped_column(ForeignKey("calls.id"), unique=True)
+    released_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    release_reason: Mapped[str | None] = mapped_column(String(200))
+
+
 # create_all adds indexes only with a new table: a database made before the calls index
 # existed gets it when call_outcomes is created in it (a no-op on a new database).
 event.listen(

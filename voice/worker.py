@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from accounts import attempts
 from accounts.db import make_engine, make_sessions
 from accounts.promises import CallPromises
 from accounts.retry import retry_db
@@ -394,6 +395,7 @@ class Worker(Events):
         account_id: int,
         user: str,
         caller_id: str = "",
+        attempt: int | None = None,
     ) -> dict[str, Any]:
         """Ring the collector, then dial `customer` and bridge them (voice/routing/outbound.py).
 
@@ -424,7 +426,10 @@ class Worker(Events):
             sip_call_id=leg.identity.sip_call_id,
         )
         journal = CallLog(self.journal, call_id)
-        await retry_db(EVENT_TRIES, self.journal.set_account, call_id, int(account_id))
+        if attempt is None:
+            await retry_db(EVENT_TRIES, self.journal.set_account, call_id, int(account_id))
+        else:  # the API's reservation is this call (accounts/attempts.py): counted once
+            await retry_db(EVENT_TRIES, attempts.attach, self.sessions, int(attempt), call_id)
         self.call_ids[leg.key] = call_id
         await journal.event(
             "click_to_call",
@@ -549,7 +554,7 @@ class Worker(Events):
         assert ident.softphone is not None
 
         def check() -> outbound.SoftphoneCall | Refusal:
-            with self.sessions() as session:
+            with self.sessions.begin() as session:  # commits the attempt it reserves
                 return outbound.check_softphone_call(
                     self.cfg, session, self.guardrails, ident.softphone or "", ident.dialled
                 )
@@ -602,7 +607,7 @@ class Worker(Events):
             f", presenting {caller_id}." if caller_id else "."
         )
         try:
-            await retry_db(EVENT_TRIES, self.journal.set_account, call_id, call.account_id)
+            await retry_db(EVENT_TRIES, attempts.attach, self.sessions, call.attempt, call_id)
             await journal.event(
                 "softphone_call",
                 {

@@ -12,8 +12,11 @@ allowed, and is audited as `call.refused`.
 `GET /api/calls/{id}` is the call as it stands: status, times, and its progress events
 (ringing the collector, dialling the customer, bridged, ...), for the page to poll.
 
-Guardrails are checked here, before the worker is asked: two requests racing for the last
-allowed attempt can both pass (the attempt is counted once the worker journals the call).
+Guardrails are checked here, before the worker is asked, and the allowed attempt is reserved in
+the same transaction under the account's lock (`Guardrails.reserve`, accounts/attempts.py): of
+requests racing for the last allowed attempt, one gets it and the others are refused. The
+worker attaches the reservation to the call it journals; when the fleet could not take the call
+the reservation is released.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from accounts import audit
+from accounts import attempts, audit
 from accounts.models import Account, Call, CallEvent, Collector, Contact, Softphone
 from accounts.phones import InvalidPhone, normalize
 from accounts.users import Principal
@@ -45,7 +48,7 @@ from voice.api.openapi import documented, error_responses, id_param, json_body
 from voice.api.params import int_id, read_json
 from voice.config import Config
 from voice.fleet import uses_kamailio
-from voice.routing.guardrails import Guardrails, record_refusal
+from voice.routing.guardrails import Guardrails, Refusal, record_refusal
 from voice.routing.transfer import route_of
 
 DIALERS = ("collector",)  # the phone that rings first is the requester's own
@@ -102,12 +105,17 @@ async def place_call(request: Request, user: Principal) -> Response:
     except Refused as refused:
         return JSONResponse(refused.body, status_code=refused.status)
     fleet = getattr(request.app.state, "fleet", None)
-    if fleet is None:
-        raise HTTPException(503, "no call workers behind this API")
     try:
+        if fleet is None:
+            raise LookupError("no call workers behind this API")
         placed = await fleet.click_to_call(caller_id=cfg.guardrails.caller_id, **plan)
-    except (LookupError, RuntimeError) as exc:
-        raise HTTPException(503, str(exc)) from None
+    except Exception as exc:
+        # A worker that answered too late still attaches the attempt, which then counts again.
+        reason = f"not placed: {type(exc).__name__}: {exc}"
+        await run_in_threadpool(attempts.release, sessions_of(request), plan["attempt"], reason)
+        if isinstance(exc, LookupError | RuntimeError):
+            raise HTTPException(503, str(exc)) from None
+        raise
     call_id = placed.get("call_id")
     body = {"call_id": call_id, "status_url": f"/api/calls/{call_id}", **placed}
     return JSONResponse(body, status_code=202)
@@ -122,7 +130,7 @@ def _plan(
     to: str | None,
     cfg: Config,
 ) -> dict[str, Any]:
-    """Who rings first and whom they reach, once every check passed.
+    """Who rings first and whom they reach, once every check passed and the attempt is reserved.
 
     Refusals raise only after the transaction that audited them has committed.
     """
@@ -134,11 +142,11 @@ def _plan(
         else:
             collector = _line(session, user, cfg)
             customer = _contact(session, account, to, cfg.accounts.default_region)
-            refusal = guard.check(account.id, customer)
-            if refusal is not None:
-                record_refusal(session, user, addr, number, customer, refusal)
-                body = {"error": "refused", "to": customer, **refusal.as_dict()}
-                refused = Refused(body, refusal.status)
+            reserved = guard.reserve(session, account.id, customer, f"api:{user.name}")
+            if isinstance(reserved, Refusal):
+                record_refusal(session, user, addr, number, customer, reserved)
+                body = {"error": "refused", "to": customer, **reserved.as_dict()}
+                refused = Refused(body, reserved.status)
             else:
                 audit.record(session, user, addr, PLACED, "account", number, {"to": customer})
     if refused is not None:
@@ -148,6 +156,7 @@ def _plan(
         "customer": customer,
         "account_id": account.id,
         "user": user.name,
+        "attempt": reserved,
     }
 
 

@@ -22,11 +22,17 @@ How the rules (`[guardrails]` in config.toml) are read here, first failing rule 
    "inbound calls do not count"), nor does a call nobody marked.
 4. attempt_limit (409): at most `max_attempts` outbound calls to the account within
    `attempt_window_days` calendar days, today included (12 CFR 1006.14(b)(2)(i)). Every
-   outbound call row counts, answered or not; inbound calls never do.
+   outbound attempt counts, answered or not (a call row, or a reservation not given back:
+   accounts/attempts.py); inbound calls never do.
 
 Days are calendar days in the account's time zone, as the regulation counts them; so a DST
 change never stretches or shrinks a window. A time a refusal names as "allowed from" is when
 the rule stops refusing (a later rule may still refuse then).
+
+`check` only asks. A caller about to dial calls `reserve(session, ...)` instead: the same rules,
+under the account's lock, and the allowed attempt inserted before the lock goes
+(accounts/attempts.py), so two requests racing for the last allowed attempt cannot both pass.
+The attempt limit counts those reservations as well as outbound calls.
 """
 
 from __future__ import annotations
@@ -39,11 +45,10 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from accounts import audit
-from accounts.models import Account, Call, utcnow
+from accounts import attempts, audit
+from accounts.models import Account, utcnow
 from accounts.outcomes import last_conversation
 from accounts.services import UnknownAccount
 from voice.config import GuardrailsConfig
@@ -118,14 +123,28 @@ class Guardrails:
         """May the account be called at this number now? None: yes. UnknownAccount if none."""
         refusal = check_destination(self._cfg, destination_e164) or self._account(account_id)
         if refusal is not None:
-            log.info(
-                "outbound call to %r for account id %s refused (%s): %s",
-                destination_e164,
-                account_id,
-                refusal.rule,
-                refusal.reason,
-            )
+            _log_refusal(account_id, destination_e164, refusal)
         return refusal
+
+    def reserve(
+        self, session: Session, account_id: int, destination_e164: str, source: str
+    ) -> Refusal | int:
+        """Check and, if allowed, reserve the attempt: its id, or the refusal.
+
+        Runs in the caller's transaction, which must commit soon (it holds the account's lock,
+        on SQLite the database's write lock) and before anything is dialled.
+        """
+        refusal = check_destination(self._cfg, destination_e164)
+        if refusal is None:
+            now = self._now()
+            account = attempts.lock_account(session, account_id)
+            if account is None:
+                raise UnknownAccount(f"no account with id {account_id}")
+            refusal = self._rules(session, account, now)
+        if refusal is not None:
+            _log_refusal(account_id, destination_e164, refusal)
+            return refusal
+        return attempts.reserve(session, account_id, destination_e164, source)
 
     def check_account(self, account_id: int) -> Refusal | None:
         """The account's rules alone (hours, conversation, attempts), whatever the number."""
@@ -136,29 +155,36 @@ class Guardrails:
             )
         return refusal
 
-    def _account(self, account_id: int) -> Refusal | None:
+    def _now(self) -> dt.datetime:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError(f"clock returned naive {now!r}: it must be timezone-aware")
+        return now
+
+    def _account(self, account_id: int) -> Refusal | None:
+        now = self._now()
         with self._sessions() as session:
             account = session.get(Account, account_id)
             if account is None:
                 raise UnknownAccount(f"no account with id {account_id}")
-            if not self._cfg.enabled:
-                return None
-            try:
-                zone = ZoneInfo(account.timezone)
-            except (ZoneInfoNotFoundError, ValueError):
-                reason = (
-                    f"account {account.number} has an unknown time zone "
-                    f"{account.timezone!r}: its calling hours cannot be checked"
-                )
-                return Refusal("calling_hours", 409, reason)
-            return (
-                check_hours(self._cfg, zone, now)
-                or self._conversation(session, account, zone, now)
-                or self._attempts(session, account, zone, now)
+            return self._rules(session, account, now)
+
+    def _rules(self, session: Session, account: Account, now: dt.datetime) -> Refusal | None:
+        if not self._cfg.enabled:
+            return None
+        try:
+            zone = ZoneInfo(account.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            reason = (
+                f"account {account.number} has an unknown time zone "
+                f"{account.timezone!r}: its calling hours cannot be checked"
             )
+            return Refusal("calling_hours", 409, reason)
+        return (
+            check_hours(self._cfg, zone, now)
+            or self._conversation(session, account, zone, now)
+            or self._attempts(session, account, zone, now)
+        )
 
     def _conversation(
         self, session: Session, account: Account, zone: ZoneInfo, now: dt.datetime
@@ -185,17 +211,7 @@ class Guardrails:
     ) -> Refusal | None:
         limit, days = self._cfg.max_attempts, self._cfg.attempt_window_days
         since = _first_day(now, zone, days)
-        stmt = (
-            select(Call.started_at)
-            .where(
-                Call.account_id == account.id,
-                Call.direction == "outbound",
-                Call.started_at >= since,
-            )
-            .order_by(Call.started_at.desc())
-            .limit(limit)
-        )
-        starts = list(session.scalars(stmt))
+        starts = attempts.attempt_times(session, account.id, since, limit)
         if len(starts) < limit:
             return None
         # The window drops the oldest of these `limit` calls on the day `days` after it.
@@ -220,6 +236,16 @@ def record_refusal(
     account: its number, or id), for whoever asked for the call."""
     detail = {"to": destination, **refusal.as_dict()}
     audit.record(sessions, user, client_addr, REFUSED, "account", account, detail)
+
+
+def _log_refusal(account_id: int, destination: str, refusal: Refusal) -> None:
+    log.info(
+        "outbound call to %r for account id %s refused (%s): %s",
+        destination,
+        account_id,
+        refusal.rule,
+        refusal.reason,
+    )
 
 
 def _first_day(now: dt.datetime, zone: ZoneInfo, days: int) -> dt.datetime:

@@ -15,8 +15,9 @@ Each is one outbound `calls` row on the account; its `call_events` tell its prog
 
 A softphone's call is checked before anything is dialled (`check_softphone_call`): the softphone
 must belong to a collector, the number must be a contact of an account (the collector's own
-first), and `Guardrails.check` must allow it; otherwise the INVITE is refused with 403 and a
-`Reason: SIP;cause=403;text="..."` header, and the refusal goes to the audit log.
+first), and `Guardrails.reserve` must allow it (reserving the attempt the call then is);
+otherwise the INVITE is refused with 403 and a `Reason: SIP;cause=403;text="..."` header, and
+the refusal goes to the audit log.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class SoftphoneCall:
     account_id: int
     account: str
     e164: str
+    attempt: int  # reserved by the check (accounts/attempts.py); the call attaches it
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,10 @@ def caller_id_headers(caller_id: str, realm: str) -> tuple[str | None, tuple[tup
 def check_softphone_call(
     cfg: Config, session: Session, guardrails: Guardrails, softphone: str, dialled: str | None
 ) -> SoftphoneCall | Refusal:
-    """May `softphone` call the number it dialled? The call, or the refusal to answer with."""
+    """May `softphone` call the number it dialled? The call, or the refusal to answer with.
+
+    An allowed call's attempt is reserved in `session` (`Guardrails.reserve`): commit it.
+    """
     phone = session.scalar(select(Softphone).where(Softphone.username == softphone))
     if phone is None or phone.collector_id is None:
         return Refusal("softphone", 403, f"softphone {softphone} is not linked to a collector")
@@ -127,10 +132,12 @@ def check_softphone_call(
         return Refusal("destination_not_allowed", 403, f"{e164} is not a contact of any account")
     own = [a for a in accounts if a.collector_id == collector.id]
     account = (own or accounts)[0]
-    refusal = guardrails.check(account.id, e164)
-    if refusal is not None:
-        return refusal
-    return SoftphoneCall(softphone, collector.id, collector.name, account.id, account.number, e164)
+    reserved = guardrails.reserve(session, account.id, e164, f"softphone:{softphone}")
+    if isinstance(reserved, Refusal):
+        return reserved
+    return SoftphoneCall(
+        softphone, collector.id, collector.name, account.id, account.number, e164, reserved
+    )
 
 
 def audit_softphone_refusal(
