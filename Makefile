@@ -36,4 +36,5 @@ system-deps:
 test-system-deps:
 	@scripts/apt-ensure espeak-ng:espeak-ng sox:sox sipp:sip-tester \
 		/usr/sbin/kamailio:kamailio baresip:baresip-core \
-		'/usr/lib/postgresql/*/bin/initdb:postgresql'
+		'/usr/lib/postgresql/*/bin/initdb:postgresql' \
+		/usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver

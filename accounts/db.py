@@ -9,7 +9,10 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from accounts import verification  # noqa: F401  (its tables join Base's metadata)
+from accounts import (
+    verification,  # noqa: F401  (its tables join Base's metadata)
+    webtables,  # noqa: F401  (the pages' tables, on Base)
+)
 from accounts.models import Base
 from accounts.textindex import ensure as ensure_text_index
 

@@ -13,11 +13,12 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts import audit
 from accounts.models import USER_NAME, USER_ROLES, Collector, User, utcnow
+from accounts.webtables import WebSession
 
 TOKEN_PREFIX = "cv_"  # makes a leaked token recognisable to secret scanners and to people
 
@@ -114,12 +115,14 @@ class Users:
     def disable(
         self, name: str, *, by: Principal | None = None, client_addr: str | None = None
     ) -> None:
-        """Refuse the user from now on; the token is forgotten, so enabling needs a new one."""
+        """Refuse the user from now on; the token is forgotten, so enabling needs a new one;
+        their page sessions end now."""
         with self._sessions.begin() as session:
             user = _find(session, name)
             if not user.active:
                 raise UserError(f"user {name!r} is already disabled")
             user.active, user.token_hash, user.disabled_at = False, None, utcnow()
+            session.execute(delete(WebSession).where(WebSession.user_id == user.id))
             audit.record(session, by, client_addr, "user.disable", "user", name)
 
     def enable(

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from accounts.db import make_engine, make_sessions
 from voice.api import api_mount
 from voice.metrics import render as render_metrics
+from voice.pages import pages_routes
 
 
 def build_app(supervisor: Any) -> Starlette:
@@ -41,5 +42,7 @@ def build_app(supervisor: Any) -> Starlette:
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         api_mount(make_sessions(engine), cfg, fleet=supervisor),
+        # Last: the pages' mount at the root answers every other path (404 as a page).
+        *pages_routes(make_sessions(engine), cfg, fleet=supervisor),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -16,6 +16,7 @@ from voice.asr import models_cli
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
+    from accounts.logins import Passwords
     from accounts.models import Softphone
     from accounts.users import Users
 
@@ -265,31 +266,49 @@ def _add_users_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add.add_argument("name", help="user name: 1-64 of a-z 0-9 . _ -")
     add.add_argument("--role", required=True, help="collector, supervisor, compliance or admin")
     add.add_argument("--collector", help="collector users: the collector's name")
+    passwd = ops.add_parser("passwd", help="set the page login password; ends their sessions")
+    passwd.add_argument("name")
+    for p in (add, passwd):
+        p.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the page login password from stdin (passwd without it: generated)",
+        )
     token = ops.add_parser("token", help="issue a new token; the old one stops working")
     disable = ops.add_parser("disable", help="refuse the user from now on (token revoked)")
     enable = ops.add_parser("enable", help="let a disabled user back in; prints a new token")
     for p in (token, disable, enable):
         p.add_argument("name")
     listing = ops.add_parser("list", help="show the users (never a token)")
-    for p in (add, token, disable, enable, listing):
+    for p in (add, passwd, token, disable, enable, listing):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
 
 
 def _users(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from accounts.logins import Passwords, check_password
     from accounts.users import UserError, Users
 
-    users = Users(_sessions(cfg))
+    sessions = _sessions(cfg)
+    users = Users(sessions)
     try:
         if args.op == "list":
             return _list_users(users)
         if args.op == "disable":
             users.disable(args.name)
-            print(f"voice: user {args.name} disabled; its token no longer works")
+            print(f"voice: user {args.name} disabled; its token and page sessions no longer work")
             return 0
+        if args.op == "passwd":
+            return _user_password(Passwords(sessions), args.name, args.password_stdin)
         if args.op == "add":
+            password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
+            if password is not None:
+                check_password(password)  # before the user exists: nothing half-made
             user, token = users.add(args.name, args.role, args.collector)
             linked = f", collector {user.collector.name}" if user.collector else ""
             print(f"voice: user {user.name} added (role {user.role}{linked})")
+            if password is not None:
+                Passwords(sessions).set(user.name, password)
+                print(f"voice: user {user.name} can log in to the pages")
         elif args.op == "token":
             token = users.rotate_token(args.name)
             print(f"voice: user {args.name} has a new token; the old one no longer works")
@@ -300,6 +319,17 @@ def _users(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         print(f"voice: {exc}", file=sys.stderr)
         return 1
     print(f"token: {token}  (shown once; only its hash is stored)")
+    return 0
+
+
+def _user_password(passwords: Passwords, name: str, from_stdin: bool) -> int:
+    import secrets
+
+    password = sys.stdin.readline().rstrip("\r\n") if from_stdin else secrets.token_urlsafe(12)
+    passwords.set(name, password)  # raises UserError
+    print(f"voice: user {name} has a new page login password; their sessions ended")
+    if not from_stdin:
+        print(f"password: {password}  (shown once; only its argon2 hash is stored)")
     return 0
 
 

@@ -56,9 +56,16 @@ class SipConfig:
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    # How users reach the pages (e.g. behind a TLS proxy); https makes session cookies Secure.
+    public_url: str = ""
+    session_idle_minutes: int = 30  # a page session left idle this long needs a new login
 
     def validate(self) -> None:
         _check_range("http.port", self.port, 1, 65535)
+        _check_range("http.session_idle_minutes", self.session_idle_minutes, 1, 24 * 60)
+        if self.public_url and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", self.public_url):
+            url = self.public_url
+            raise ConfigError(f"http.public_url: expected an http(s):// URL, got {url!r}")
 
 
 @dataclass(frozen=True)

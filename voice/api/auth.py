@@ -54,22 +54,7 @@ def requires(*roles: str) -> Callable[[Handler], Endpoint]:
         async def endpoint(request: Request) -> Response:
             user = await authenticate(request)
             if user.role not in allowed:
-                reason = (
-                    f"role {user.role} may not {request.method} {request.url.path} "
-                    f"(allowed: {', '.join(r for r in USER_ROLES if r in allowed)})"
-                )
-                target = f"{request.method} {request.url.path}"[:100]
-                detail = {"status": 403, "reason": reason}
-                await run_in_threadpool(
-                    audit.record,
-                    sessions_of(request),
-                    user,
-                    client_addr(request),
-                    DENIED,
-                    "endpoint",
-                    target,
-                    detail,
-                )
+                reason = await refuse_role(request, user, allowed)
                 return JSONResponse({"error": "forbidden", "reason": reason}, status_code=403)
             return await handler(request, user)
 
@@ -78,6 +63,27 @@ def requires(*roles: str) -> Callable[[Handler], Endpoint]:
         return endpoint
 
     return decorate
+
+
+async def refuse_role(request: Request, user: Principal, allowed: frozenset[str]) -> str:
+    """Audit a request refused for its user's role (API and pages alike); the reason."""
+    reason = (
+        f"role {user.role} may not {request.method} {request.url.path} "
+        f"(allowed: {', '.join(r for r in USER_ROLES if r in allowed)})"
+    )
+    target = f"{request.method} {request.url.path}"[:100]
+    detail = {"status": 403, "reason": reason}
+    await run_in_threadpool(
+        audit.record,
+        sessions_of(request),
+        user,
+        client_addr(request),
+        DENIED,
+        "endpoint",
+        target,
+        detail,
+    )
+    return reason
 
 
 def public(endpoint: Endpoint) -> Endpoint:

@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from typing import Any
 
-from sqlalchemy import false, select
+from sqlalchemy import Select, false, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -211,6 +211,19 @@ async def list_voicemails(request: Request, user: Principal) -> Response:
     return JSONResponse({"voicemails": notes, "next_before": next_before})
 
 
+def voicemail_notes(user: Principal) -> Select[tuple[Note, str]]:
+    """The voicemails `user` may see, with their account numbers (the API's and the pages')."""
+    stmt = (
+        select(Note, Account.number)
+        .join(Account, Account.id == Note.account_id)
+        .where(Note.kind == "voicemail")
+    )
+    if user.role == "collector":  # as sees_account: their own accounts, and only those
+        mine = user.collector_id
+        stmt = stmt.where(Account.collector_id == mine if mine is not None else false())
+    return stmt
+
+
 def _voicemails(
     sessions: sessionmaker[Session],
     user: Principal,
@@ -219,15 +232,7 @@ def _voicemails(
     before: int | None,
 ) -> list[dict[str, Any]]:
     with sessions.begin() as session:
-        stmt = (
-            select(Note, Account.number)
-            .join(Account, Account.id == Note.account_id)
-            .where(Note.kind == "voicemail")
-            .order_by(Note.id.desc())
-        )
-        if user.role == "collector":  # as sees_account: their own accounts, and only those
-            mine = user.collector_id
-            stmt = stmt.where(Account.collector_id == mine if mine is not None else false())
+        stmt = voicemail_notes(user).order_by(Note.id.desc())
         if before is not None:
             stmt = stmt.where(Note.id < before)
         rows = session.execute(stmt.limit(limit)).all()
