@@ -97,13 +97,23 @@ async def place_call(request: Request, user: Principal) -> Response:
         raise HTTPException(422, "account: expected an account number")
     if to is not None and not isinstance(to, str):
         raise HTTPException(422, "to: expected a phone number")
+    try:
+        placed = await place(request, user, number, to)
+    except Refused as refused:
+        return JSONResponse(refused.body, status_code=refused.status)
+    call_id = placed.get("call_id")
+    body = {"call_id": call_id, "status_url": f"/api/calls/{call_id}", **placed}
+    return JSONResponse(body, status_code=202)
+
+
+async def place(request: Request, user: Principal, number: str, to: str | None) -> dict[str, Any]:
+    """Make a Call for `user`, the API's POST /api/calls and the pages' button alike: what the
+    fleet answered (`call_id`, `worker`). Raises `Refused` (404, or a guardrail's 403/409,
+    with the JSON body) or HTTPException (422 bad number or no phone, 503 no worker)."""
     cfg = config_of(request)
     guard = Guardrails(cfg.guardrails, sessions_of(request), clock_of(request))
     args = (sessions_of(request), guard, user, client_addr(request), number, to)
-    try:
-        plan = await run_in_threadpool(_plan, *args, cfg)
-    except Refused as refused:
-        return JSONResponse(refused.body, status_code=refused.status)
+    plan = await run_in_threadpool(_plan, *args, cfg)
     fleet = getattr(request.app.state, "fleet", None)
     try:
         if fleet is None:
@@ -116,9 +126,7 @@ async def place_call(request: Request, user: Principal) -> Response:
         if isinstance(exc, LookupError | RuntimeError):
             raise HTTPException(503, str(exc)) from None
         raise
-    call_id = placed.get("call_id")
-    body = {"call_id": call_id, "status_url": f"/api/calls/{call_id}", **placed}
-    return JSONResponse(body, status_code=202)
+    return placed
 
 
 def _plan(
