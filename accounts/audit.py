@@ -82,15 +82,25 @@ def entries(
     sessions: sessionmaker[Session],
     *,
     since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
     user: str | None = None,
     action: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
     after_id: int | None = None,
     limit: int = 200,
 ) -> list[AuditEntry]:
-    """Rows in the order they were written, filtered; `after_id` pages on from a previous page."""
+    """Rows in the order they were written, filtered; `after_id` pages on from a previous page.
+    `until` is exclusive; `target_id` counts only with `target_type` (ids of one kind)."""
     stmt = select(AuditEntry).order_by(AuditEntry.id).limit(max(1, min(limit, MAX_LIMIT)))
     if since is not None:
         stmt = stmt.where(AuditEntry.at >= since)
+    if until is not None:
+        stmt = stmt.where(AuditEntry.at < until)
+    if target_type is not None:
+        stmt = stmt.where(AuditEntry.target_type == target_type)
+        if target_id is not None:
+            stmt = stmt.where(AuditEntry.target_id == target_id)
     if user is not None:
         stmt = stmt.where(AuditEntry.user_name == user)
     if action is not None:
@@ -99,6 +109,24 @@ def entries(
         stmt = stmt.where(AuditEntry.id > after_id)
     with sessions() as session:
         return list(session.scalars(stmt))
+
+
+def latest(
+    sessions: sessionmaker[Session], action: str, target_type: str, target_id: str | int
+) -> AuditEntry | None:
+    """The newest row of `action` on one target (e.g. when a recording was last verified)."""
+    stmt = (
+        select(AuditEntry)
+        .where(
+            AuditEntry.action == action,
+            AuditEntry.target_type == target_type,
+            AuditEntry.target_id == str(target_id),
+        )
+        .order_by(AuditEntry.id.desc())
+        .limit(1)
+    )
+    with sessions() as session:
+        return session.scalar(stmt)
 
 
 def as_dict(entry: AuditEntry) -> dict[str, Any]:

@@ -21,7 +21,15 @@ from sqlalchemy import ColumnElement, Select, and_, false, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts import textindex
-from accounts.models import CALL_DIRECTIONS, Account, Call, Collector, Recording, Transcript
+from accounts.models import (
+    CALL_DIRECTIONS,
+    Account,
+    Call,
+    Collector,
+    Customer,
+    Recording,
+    Transcript,
+)
 from accounts.phones import normalize
 from recordings.verify import RecordingNotFound
 
@@ -88,6 +96,7 @@ class RecordingInfo:
     caller: str | None
     callee: str | None
     account_number: str | None
+    customer: str | None
     collector_id: int | None
     collector: str | None
 
@@ -130,9 +139,10 @@ def _words(text: str) -> list[str]:
 
 def _base() -> Select[Any]:
     return (
-        select(Recording, Call, Account.number, Account.collector_id, Collector.name)
+        select(Recording, Call, Account.number, Customer.name, Account.collector_id, Collector.name)
         .join(Call, Call.id == Recording.call_id)
         .outerjoin(Account, Account.id == Call.account_id)
+        .outerjoin(Customer, Customer.id == Account.customer_id)
         .outerjoin(Collector, Collector.id == Account.collector_id)
     )
 
@@ -178,7 +188,7 @@ def _aware(name: str, value: dt.datetime) -> dt.datetime:
 
 
 def _info(row: Any) -> RecordingInfo:
-    rec, call, number, collector_id, collector = row
+    rec, call, number, customer, collector_id, collector = row
     return RecordingInfo(
         id=rec.id,
         call_id=rec.call_id,
@@ -201,6 +211,7 @@ def _info(row: Any) -> RecordingInfo:
         caller=call.caller,
         callee=call.callee,
         account_number=number,
+        customer=customer,
         collector_id=collector_id,
         collector=collector,
     )

@@ -18,17 +18,20 @@ from accounts import audit
 from accounts.users import Principal
 from voice.api.auth import client_addr, requires, sessions_of
 from voice.api.openapi import documented, error_responses, query_param
-from voice.api.params import int_query, query, utc_query
+from voice.api.params import int_query, query, utc_query, utc_until
 
 _STRING = {"type": "string"}
+AUDIT_PARAMS = ("since", "until", "user", "action", "target", "after", "limit")
 
 
 @requires("compliance", "admin")
 @documented(
     parameters=[
         query_param("since", "entries at or after (ISO 8601 with offset, or a date)", _STRING),
+        query_param("until", "entries before (ISO 8601 with offset, or a date)", _STRING),
         query_param("user", "only this user's entries (`cli`: the command line)", _STRING),
         query_param("action", "only this action, e.g. note.read, access.denied", _STRING),
+        query_param("target", "only this target: a type (`recording`) or `type:id`", _STRING),
         query_param("after", "only entries with a larger id (next page)", {"type": "integer"}),
         query_param("limit", "at most this many entries (default 200)", {"type": "integer"}),
     ],
@@ -39,18 +42,26 @@ _STRING = {"type": "string"}
 )
 async def list_audit(request: Request, user: Principal) -> Response:
     """Audit log entries: who did what to what, when, from where."""
-    params = query(request, ("since", "user", "action", "after", "limit"))
-    filters: dict[str, Any] = {
+    filters = filters_from(query(request, AUDIT_PARAMS))
+    args = (sessions_of(request), user, client_addr(request), filters)
+    entries = await run_in_threadpool(read_for, *args)
+    next_after = entries[-1]["id"] if len(entries) == filters["limit"] else None
+    return JSONResponse({"entries": entries, "next_after": next_after})
+
+
+def filters_from(params: dict[str, str]) -> dict[str, Any]:
+    """The query's filters for accounts.audit.entries; HTTPException(422) naming a bad one."""
+    target_type, _, target_id = (_short(params, "target", 140) or "").partition(":")
+    return {
         "since": utc_query(params, "since"),
+        "until": utc_until(params, "until"),
         "user": _short(params, "user", 100),
         "action": _short(params, "action", 64),
+        "target_type": target_type or None,
+        "target_id": target_id or None,
         "after_id": int_query(params, "after", None, 0, 2**63 - 1),
         "limit": int_query(params, "limit", 200, 1, audit.MAX_LIMIT),
     }
-    args = (sessions_of(request), user, client_addr(request), filters)
-    entries = await run_in_threadpool(_read, *args)
-    next_after = entries[-1]["id"] if len(entries) == filters["limit"] else None
-    return JSONResponse({"entries": entries, "next_after": next_after})
 
 
 def _short(params: dict[str, str], name: str, limit: int) -> str | None:
@@ -60,7 +71,7 @@ def _short(params: dict[str, str], name: str, limit: int) -> str | None:
     return value
 
 
-def _read(
+def read_for(
     sessions: sessionmaker[Session], user: Principal, addr: str | None, filters: dict[str, Any]
 ) -> list[dict[str, Any]]:
     rows = [audit.as_dict(entry) for entry in audit.entries(sessions, **filters)]

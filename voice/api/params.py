@@ -82,6 +82,14 @@ def utc_query(params: dict[str, str], name: str) -> dt.datetime | None:
     return value.astimezone(dt.UTC)
 
 
+def utc_until(params: dict[str, str], name: str) -> dt.datetime | None:
+    """An exclusive upper bound: as utc_query, but a date means through the end of that day."""
+    end = utc_query(params, name)
+    if end is not None and re.fullmatch(r"\d{4}-\d{2}-\d{2}", params[name].strip()):
+        end += dt.timedelta(days=1)
+    return end
+
+
 async def read_json(request: Request, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
     """The body as a JSON object; 415 if it is not JSON, 413 if too large, 400 if malformed."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()

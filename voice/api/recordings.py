@@ -10,10 +10,10 @@ be written, nothing is served.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import os
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,18 +31,25 @@ from accounts.models import Recording
 from accounts.users import Principal
 from recordings.paths import UnsafePath, open_for_reading, path_for
 from recordings.peaks import NoAudio, peaks_of
-from recordings.search import RecordingFilter, RecordingInfo, RecordingSearch, Scope, SearchError
+from recordings.search import (
+    MAX_LIMIT,
+    RecordingFilter,
+    RecordingInfo,
+    RecordingSearch,
+    Scope,
+    SearchError,
+)
 from recordings.verify import RecordingNotFound
 from voice.api.auth import client_addr, config_of, deny, requires, sees_account, sessions_of
 from voice.api.openapi import documented, error_responses, id_param, query_param
-from voice.api.params import int_id, int_query, query, utc_query
+from voice.api.params import int_id, int_query, query, utc_query, utc_until
 from voice.config import Config
 
 READERS = ("collector", "supervisor", "compliance", "admin")
+EXPORT_MAX = 5000  # rows in one CSV export
 CHUNK = 64 * 1024
 MEDIA_TYPES = {"flac": "audio/flac", "wav": "audio/wav"}
 _RANGE = re.compile(r"(\d{0,18})-(\d{0,18})")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 SEARCH_PARAMS = ("account", "phone", "collector", "from", "to", "direction", "q", "order")
 _STRING = {"type": "string"}
 
@@ -96,15 +103,12 @@ def filter_from(params: dict[str, str]) -> RecordingFilter:
         value = params.get(name)
         if value is not None and not (0 < len(value) <= 200 and value.isprintable()):
             raise HTTPException(422, f"{name} must be 1-200 printable characters")
-    end = utc_query(params, "to")
-    if end is not None and _DATE.fullmatch(params["to"].strip()):
-        end += dt.timedelta(days=1)  # a date means through the end of that day
     return RecordingFilter(
         account=params.get("account"),
         phone=params.get("phone"),
         collector=params.get("collector"),
         start=utc_query(params, "from"),
-        end=end,
+        end=utc_until(params, "to"),
         direction=params.get("direction"),
         words=params.get("q"),
         oldest_first=_oldest_first(params.get("order")),
@@ -134,6 +138,32 @@ def search_for(
     detail = {"filters": params, "count": len(found), "ids": [r.id for r in found]}
     audit.record(sessions, user, addr, "recordings.search", "recording", None, detail)
     return [as_json(info) for info in found]
+
+
+def export_for(
+    sessions: sessionmaker[Session],
+    cfg: Config,
+    user: Principal,
+    addr: str | None,
+    flt: RecordingFilter,
+    params: dict[str, str],
+) -> list[RecordingInfo]:
+    """Every recording the search finds, up to EXPORT_MAX, in its order (a CSV export);
+    audited as `recordings.export` with the ids, before any of it is sent."""
+    search = RecordingSearch(sessions, cfg.accounts.default_region)
+    found: list[RecordingInfo] = []
+    try:
+        while len(found) < EXPORT_MAX:
+            page = replace(flt, limit=MAX_LIMIT, offset=flt.offset + len(found))
+            batch = search.search(page, _scope(user))
+            found.extend(batch[: EXPORT_MAX - len(found)])
+            if len(batch) < MAX_LIMIT:
+                break
+    except SearchError as exc:
+        raise HTTPException(422, str(exc)) from None
+    detail = {"filters": params, "count": len(found), "ids": [r.id for r in found]}
+    audit.record(sessions, user, addr, "recordings.export", "recording", None, detail)
+    return found
 
 
 # -- one recording ------------------------------------------------------------------------

@@ -26,11 +26,12 @@ def pages_routes(
 ) -> list[BaseRoute]:
     """The pages as one mount at the site's root (after /api, /healthz and /metrics)."""
     # One line per page module; each has ROUTES.
-    from voice.pages import audio, login
+    from voice.pages import audio, compliance, login
 
     routes: list[BaseRoute] = [
         *login.ROUTES,
         *audio.ROUTES,
+        *compliance.ROUTES,
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _error_page})
