@@ -1,0 +1,212 @@
+"""The compliance pages in real headless Chromium, against `voice serve` as a real process, with a
+call recorded through SIP: find it by phone, play it, seek from the transcript, verify (match,
+then mismatch after a changed byte, as `voice recordings verify` says), hold it through a purge,
+read it all back in the audit log; another collector gets 404.
+
+The call is real (a SIP caller on 127.0.0.1, recorded by the worker into a hashed FLAC). Its
+transcript is stored through CallJournal.add_transcript, the store the live recogniser uses,
+with word times inside the recording: no speech model is needed to test the page.
+Screenshots go to tests/output/screens/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from accounts.models import Recording
+from recordings.paths import path_for
+from tests.integration.conftest import REPO, Server, last_call_id, run_ua, start_server, stop_server
+from tests.integration.test_call_recording import closed_recording
+
+pytestmark = pytest.mark.integration
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENS = REPO / "tests" / "output" / "screens"
+KNOWN = "+12125550101"  # account 10042, Dana Whitfield's
+PASSWORD = "correct horse battery staple"
+WORDS = [("i", 0.5, 0.7), ("paid", 0.8, 1.1), ("the", 1.2, 1.3), ("invoice", 2.2, 2.8)]
+
+
+def _cli(server: Server, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "VOICE_DATA_DIR": str(server.data_dir),
+        "VOICE_DATABASE_URL": server.db_url,
+    }
+    cmd = [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml"), *args]
+    return subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("chromium and chromedriver not installed (make test-system-deps)")
+    server = start_server(tmp_path_factory.mktemp("compliance-pages"))
+    try:
+        for name, role, collector in (
+            ("cora", "compliance", None),
+            ("marcus", "collector", "Marcus Lee"),
+        ):
+            extra = ["--collector", collector] if collector else []
+            added = _cli(server, "users", "add", name, "--role", role, *extra, "--password-stdin",
+                         stdin=PASSWORD + "\n")  # fmt: skip
+            assert added.returncode == 0, added.stderr
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def recording(served: Server) -> Recording:
+    report = run_ua(served, "audio;wait:4;hangup", caller=KNOWN)[0]
+    assert report["code"] == 200 and not report["error"], report
+    call_id = last_call_id(served, KNOWN)
+    rec = closed_recording(served, call_id)
+    assert rec.status == "final" and (rec.duration_s or 0) > 3
+    words = [{"word": w, "start": s, "end": e, "conf": 0.9} for w, s, e in WORDS]
+    served.journal().add_transcript(
+        call_id, speaker="caller", text=" ".join(w for w, _, _ in WORDS),
+        start=WORDS[0][1], end=WORDS[-1][2], confidence=0.9, words=words,
+    )  # fmt: skip
+    return rec
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    options = Options()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--window-size=1280,1000",
+        "--autoplay-policy=no-user-gesture-required",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _shot(driver: object, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENS / f"compliance-{name}.png"))  # type: ignore[attr-defined]
+
+
+def _login(driver: object, server: Server, name: str) -> None:
+    d: object = driver
+    d.get(f"http://127.0.0.1:{server.http_port}/login")  # type: ignore[attr-defined]
+    d.find_element(By.ID, "name").send_keys(name)  # type: ignore[attr-defined]
+    d.find_element(By.ID, "password").send_keys(PASSWORD)  # type: ignore[attr-defined]
+    d.find_element(By.CSS_SELECTOR, "form.login button").click()  # type: ignore[attr-defined]
+    WebDriverWait(d, 10).until(lambda x: "/login" not in x.current_url)
+
+
+def _current_time(driver: object) -> float:
+    script = "return document.getElementById('player').currentTime"
+    return float(driver.execute_script(script))  # type: ignore[attr-defined]
+
+
+def test_compliance_finds_plays_verifies_holds_and_audits(
+    served: Server, recording: Recording, browser: object
+) -> None:
+    d: object = browser
+    base = f"http://127.0.0.1:{served.http_port}"
+    _login(d, served, "cora")
+    d.get(f"{base}/recordings")  # type: ignore[attr-defined]
+    d.find_element(By.ID, "f-phone").send_keys("(212) 555-0101")  # type: ignore[attr-defined]
+    d.find_element(By.CSS_SELECTOR, "form.filters button").click()  # type: ignore[attr-defined]
+    link = WebDriverWait(d, 10).until(
+        lambda x: x.find_element(By.CSS_SELECTOR, f'#results a[href="/recordings/{recording.id}"]')
+    )
+    _shot(d, "1-search")
+    link.click()
+    WebDriverWait(d, 10).until(lambda x: x.find_elements(By.ID, "player"))
+    WebDriverWait(d, 10).until(
+        lambda x: x.find_element(By.ID, "waveform").get_attribute("data-loaded") == "yes"
+    )
+
+    # Plays: currentTime advances.
+    d.execute_script("document.getElementById('player').play()")  # type: ignore[attr-defined]
+    WebDriverWait(d, 10, poll_frequency=0.1).until(lambda x: _current_time(x) > 0.5)
+    _shot(d, "2-playing")
+    # Click-to-seek: the word's start, within 0.3 s, and the word is highlighted.
+    word = d.find_element(By.XPATH, "//button[@class='w' and text()='invoice']")  # type: ignore[attr-defined]
+    word.click()
+    time.sleep(0.1)
+    assert abs(_current_time(d) - 2.2) < 0.3, _current_time(d)
+    WebDriverWait(d, 5).until(lambda x: "playing" in (word.get_attribute("class") or ""))
+    _shot(d, "3-seeked")
+    d.execute_script("document.getElementById('player').pause()")  # type: ignore[attr-defined]
+
+    # Verify: a match; then one byte changed on disk: a mismatch, as the command line says.
+    d.find_element(By.ID, "verify").click()  # type: ignore[attr-defined]
+    result = WebDriverWait(d, 10).until(lambda x: x.find_element(By.ID, "verify-result"))
+    assert result.text == "match"
+    audio = path_for(recording, served.data_dir / "recordings")
+    data = bytearray(audio.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    audio.write_bytes(bytes(data))
+    d.find_element(By.ID, "verify").click()  # type: ignore[attr-defined]
+    WebDriverWait(d, 10).until(lambda x: x.find_element(By.ID, "verify-result").text == "mismatch")
+    _shot(d, "4-mismatch")
+    cli = _cli(served, "recordings", "verify")
+    assert cli.returncode == 1 and str(recording.id) in cli.stdout + cli.stderr, cli
+
+    # A legal hold keeps the file through a purge, even past retention.
+    d.find_element(By.ID, "reason").send_keys("Matter 2026-17")  # type: ignore[attr-defined]
+    d.find_element(By.ID, "hold-button").click()  # type: ignore[attr-defined]
+    WebDriverWait(d, 10).until(lambda x: "On hold" in x.find_element(By.ID, "hold-state").text)
+    _shot(d, "5-hold")
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=4 * 365)
+    with served.engine.begin() as conn:
+        conn.execute(
+            update(Recording)
+            .where(Recording.id == recording.id)
+            .values(started_at=long_ago, retain_until=long_ago + dt.timedelta(days=1096))
+        )
+    purge = _cli(served, "recordings", "purge")
+    assert purge.returncode == 0, purge.stderr
+    assert audio.exists()
+
+    # The audit log lists every one of these actions under her name.
+    d.get(f"{base}/audit?user=cora&target=recording:{recording.id}")  # type: ignore[attr-defined]
+    table = d.find_element(By.ID, "entries").text  # type: ignore[attr-defined]
+    for action in ("recording.read", "recording.play", "recording.peaks", "recording.verify",
+                   "recording.hold"):  # fmt: skip
+        assert action in table, action
+    d.get(f"{base}/audit?user=cora&action=recordings.search")  # type: ignore[attr-defined]
+    assert "(212) 555-0101" in d.find_element(By.ID, "entries").text  # type: ignore[attr-defined]
+    _shot(d, "6-audit")
+
+
+def test_another_collectors_recording_is_not_found(
+    served: Server, recording: Recording, browser: object
+) -> None:
+    d: object = browser
+    _login(d, served, "marcus")
+    d.get(f"http://127.0.0.1:{served.http_port}/recordings/{recording.id}")  # type: ignore[attr-defined]
+    assert d.find_element(By.TAG_NAME, "h1").text == "Not found"  # type: ignore[attr-defined]
+    assert not d.find_elements(By.ID, "player")  # type: ignore[attr-defined]
+    _shot(d, "7-collector-404")
