@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 from starlette.applications import Starlette
 
 from accounts.logins import Passwords
+from accounts.models import User
+from accounts.webtables import UserPassword
 from tests.unit.apiworld import FakeFleet, World, make_world
 from voice.api import api_mount
 from voice.pages import pages_routes
@@ -95,9 +98,12 @@ class PagesWorld:
 
 def make_pages_world(database_url: str, cfg: Any = None) -> PagesWorld:
     world = make_world(database_url)
-    passwords = Passwords(world.sessions)
-    for name in ("dana", "sam", "cora", "ada"):
-        passwords.set(name, PASSWORD)
+    Passwords(world.sessions).set("dana", PASSWORD)
+    # argon2 is slow on purpose (~0.5 s here): the others get a copy of dana's hash.
+    with world.sessions.begin() as session:
+        digest = session.scalar(select(UserPassword.hash))
+        for user in session.scalars(select(User).where(User.name.in_(("sam", "cora", "ada")))):
+            session.add(UserPassword(user_id=user.id, hash=digest))
     fleet = FakeFleet()
     app = Starlette(
         routes=[

@@ -38,17 +38,18 @@ _RESPONSES = {
 @documented(parameters=[id_param("call_id")], responses=_RESPONSES)
 async def pause_recording(request: Request, user: Principal) -> Response:
     """Pause the call's recording (silence is recorded instead) until resumed."""
-    return await _set_pause(request, user, paused=True)
+    return JSONResponse(await set_pause(request, user, paused=True))
 
 
 @requires(*PAUSERS)
 @documented(parameters=[id_param("call_id")], responses=_RESPONSES)
 async def resume_recording(request: Request, user: Principal) -> Response:
     """Resume the call's recording after a pause."""
-    return await _set_pause(request, user, paused=False)
+    return JSONResponse(await set_pause(request, user, paused=False))
 
 
-async def _set_pause(request: Request, user: Principal, paused: bool) -> Response:
+async def set_pause(request: Request, user: Principal, paused: bool) -> dict[str, Any]:
+    """Pause or resume the recording of the call in the path (the API's and the live page's)."""
     call_id = int_id(request, "call_id")
     action = "recording.pause" if paused else "recording.resume"
     args = (sessions_of(request), user, client_addr(request), call_id, action)
@@ -60,7 +61,7 @@ async def _set_pause(request: Request, user: Principal, paused: bool) -> Respons
         result: dict[str, Any] = await fleet.pause_recording(call_id, paused)
     except LookupError as exc:
         raise HTTPException(409, str(exc)) from None
-    return JSONResponse(result)
+    return result
 
 
 @requires(*READERS)
@@ -80,6 +81,12 @@ async def call_transcript(request: Request, user: Principal) -> Response:
     call_id = int_id(request, "call_id")
     args = (sessions_of(request), user, client_addr(request), call_id, "transcript.read")
     status = await run_in_threadpool(check_call_access, *args, require_live=False)
+    return JSONResponse(await transcript_now(request, call_id, status))
+
+
+async def transcript_now(request: Request, call_id: int, status: str) -> dict[str, Any]:
+    """GET /api/calls/{id}/transcript's body, for a caller that checked access already (the
+    live page polls it for its event stream and audits the read once)."""
     rows = await run_in_threadpool(_stored_transcript, sessions_of(request), call_id)
     body: dict[str, Any] = {"call_id": call_id, "status": status, "segments": rows, "partial": {}}
     fleet = getattr(request.app.state, "fleet", None)
@@ -89,7 +96,7 @@ async def call_transcript(request: Request, user: Principal) -> Response:
         except LookupError:  # ended meanwhile, or no speech on this call: the stored rows stand
             live = {}
         body["partial"] = live.get("partial", {})
-    return JSONResponse(body)
+    return body
 
 
 def _stored_transcript(sessions: sessionmaker[Session], call_id: int) -> list[dict[str, Any]]:

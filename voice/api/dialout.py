@@ -225,6 +225,12 @@ def _status(
     sessions: sessionmaker[Session], user: Principal, addr: str | None, call_id: int
 ) -> dict[str, Any]:
     check_call_access(sessions, user, addr, call_id, "call.read", require_live=False)
+    return call_state(sessions, call_id)
+
+
+def call_state(sessions: sessionmaker[Session], call_id: int) -> dict[str, Any]:
+    """GET /api/calls/{id}'s body, for a caller that checked access already (the live page
+    polls it for its event stream and audits the read once)."""
     with sessions() as session:
         call = session.get(Call, call_id)
         assert call is not None  # checked above; calls are never deleted

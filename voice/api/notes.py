@@ -162,14 +162,14 @@ async def list_notes(request: Request, user: Principal) -> Response:
     limit = int_query(params, "limit", 100, 1, MAX_PAGE)
     before = int_query(params, "before", None, 1, 2**63 - 1)
     args = (sessions_of(request), user, client_addr(request), number, limit, before)
-    notes = await run_in_threadpool(_list, *args)
+    notes = await run_in_threadpool(account_notes, *args)
     if notes is None:
         raise HTTPException(404, f"no account {number}")
     next_before = notes[-1]["id"] if len(notes) == limit else None
     return JSONResponse({"account": number, "notes": notes, "next_before": next_before})
 
 
-def _list(
+def account_notes(
     sessions: sessionmaker[Session],
     user: Principal,
     addr: str | None,
@@ -206,7 +206,7 @@ async def list_voicemails(request: Request, user: Principal) -> Response:
     limit = int_query(params, "limit", 100, 1, MAX_PAGE)
     before = int_query(params, "before", None, 1, 2**63 - 1)
     args = (sessions_of(request), user, client_addr(request), limit, before)
-    notes = await run_in_threadpool(_voicemails, *args)
+    notes = await run_in_threadpool(voicemail_list, *args)
     next_before = notes[-1]["id"] if len(notes) == limit else None
     return JSONResponse({"voicemails": notes, "next_before": next_before})
 
@@ -224,7 +224,7 @@ def voicemail_notes(user: Principal) -> Select[tuple[Note, str]]:
     return stmt
 
 
-def _voicemails(
+def voicemail_list(
     sessions: sessionmaker[Session],
     user: Principal,
     addr: str | None,
@@ -310,15 +310,15 @@ async def add_note(request: Request, user: Principal) -> Response:
 
     Collectors: only accounts assigned to them (404 otherwise). Compliance cannot write."""
     number = account_number(request)
-    body = _note_body(await read_json(request))
+    body = note_body(await read_json(request))
     args = (sessions_of(request), user, client_addr(request), number, body)
-    note = await run_in_threadpool(_add, *args)
+    note = await run_in_threadpool(add_manual_note, *args)
     if note is None:
         raise HTTPException(404, f"no account {number}")
     return JSONResponse(note, status_code=201, headers={"Location": f"/api/notes/{note['id']}"})
 
 
-def _note_body(data: dict[str, Any]) -> str:
+def note_body(data: dict[str, Any]) -> str:
     if set(data) != {"body"}:
         raise HTTPException(422, 'expected exactly {"body": "..."}')
     body = data["body"]
@@ -331,7 +331,7 @@ def _note_body(data: dict[str, Any]) -> str:
     return body
 
 
-def _add(
+def add_manual_note(
     sessions: sessionmaker[Session], user: Principal, addr: str | None, number: str, body: str
 ) -> dict[str, Any] | None:
     with sessions.begin() as session:

@@ -109,7 +109,7 @@ async def mark_call_outcome(request: Request, user: Principal) -> Response:
     call_id = int_id(request, "call_id")
     marking = _marking(await read_json(request))
     args = (sessions_of(request), user, client_addr(request), call_id, marking)
-    outcome = await run_in_threadpool(_mark, *args)
+    outcome = await run_in_threadpool(mark_call, *args)
     if outcome is None:
         raise HTTPException(404, f"no call {call_id}")
     return JSONResponse(outcome, status_code=201)
@@ -136,9 +136,11 @@ def _marking(data: dict[str, Any]) -> Marking:
         raise HTTPException(422, str(exc)) from None
 
 
-def _mark(
+def mark_call(
     sessions: sessionmaker[Session], user: Principal, addr: str | None, call_id: int, m: Marking
 ) -> dict[str, Any] | None:
+    """Mark the call for `user` (the API's POST /api/calls/{id}/outcome and the live page's):
+    the stored outcome, or None (audited) when the call is not theirs to see."""
     with sessions.begin() as session:
         call = session.get(Call, call_id)
         account = session.get(Account, call.account_id) if call and call.account_id else None

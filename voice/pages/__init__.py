@@ -26,12 +26,16 @@ def pages_routes(
 ) -> list[BaseRoute]:
     """The pages as one mount at the site's root (after /api, /healthz and /metrics)."""
     # One line per page module; each has ROUTES.
-    from voice.pages import audio, compliance, login
+    from voice.pages import account, audio, calls, compliance, login, today, voicemails
 
     routes: list[BaseRoute] = [
         *login.ROUTES,
         *audio.ROUTES,
         *compliance.ROUTES,
+        *today.ROUTES,
+        *calls.ROUTES,
+        *account.ROUTES,
+        *voicemails.ROUTES,
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _error_page})

@@ -36,6 +36,7 @@ from starlette.templating import Jinja2Templates
 
 from accounts import audit
 from accounts.models import USER_ROLES, Note
+from accounts.money import money_text
 from accounts.users import Principal
 from accounts.webtables import VoicemailHandled
 from voice.api.auth import (
@@ -80,6 +81,18 @@ TEMPLATES = Jinja2Templates(
         undefined=jinja2.StrictUndefined,  # a misspelt variable fails the test, not the user
     )
 )
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if value else ""
+
+
+def _money(cents: int | None, currency: str | None = "USD") -> str:
+    return "" if cents is None else money_text(cents, currency or "USD")
+
+
+TEMPLATES.env.filters["when"] = _when
+TEMPLATES.env.filters["money"] = _money
 
 
 def page(*roles: str) -> Callable[[Handler], Endpoint]:
