@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from accounts.models import AuditEntry, Recording, Transcript
+from accounts.models import AuditEntry, Call, Recording, Transcript
 from tests.unit.apiworld import add_recording
 from tests.unit.pagesworld import PagesWorld, make_pages_world
 from voice.config import from_mapping
@@ -176,3 +176,17 @@ def test_audit_page_filters_pages_csv_and_is_audited(w: PagesWorld) -> None:
     assert _actions(w, before) == [("audit.read", "cora", None)]
     for name, status in (("dana", 403), ("sam", 403), ("ada", 200)):
         assert w.browser(name).get("/audit").status_code == status
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_defused(w: PagesWorld) -> None:
+    own = w.ids["own"]  # type: ignore[attr-defined]
+    with w.sessions.begin() as session:
+        rec = session.get(Recording, own)
+        assert rec is not None
+        call = session.get(Call, rec.call_id)
+        assert call is not None
+        call.caller, call.callee = "=HYPERLINK(\"http://x\")", "+12125550101"
+    rows = list(csv.DictReader(io.StringIO(w.browser("cora").get("/recordings.csv").text)))
+    [row] = [r for r in rows if int(r["id"]) == own]
+    assert row["caller"] == "'=HYPERLINK(\"http://x\")"
+    assert row["callee"] == "+12125550101"  # a phone number stays a number

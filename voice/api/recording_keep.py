@@ -25,7 +25,7 @@ from recordings.verify import verify
 from voice.api.auth import client_addr, config_of, deny, requires, sessions_of
 from voice.api.openapi import documented, error_responses, id_param, json_body
 from voice.api.params import int_id, read_json
-from voice.api.recordings import as_json, visible
+from voice.api.recordings import as_json, file_access, visible
 from voice.config import Config
 
 KEEPERS = ("compliance", "admin")  # integrity checks and legal holds
@@ -43,13 +43,7 @@ MAX_REASON = 500
 async def verify_recording(request: Request, user: Principal) -> Response:
     """Recompute the SHA-256 of the recording's file and compare it with the stored one."""
     rid = int_id(request, "recording_id")
-    args = (
-        sessions_of(request),
-        config_of(request).recordings_dir,
-        user,
-        client_addr(request),
-        rid,
-    )
+    args = (*file_access(request, user), rid)
     return JSONResponse(await run_in_threadpool(verify_for, *args))
 
 

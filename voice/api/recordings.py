@@ -64,6 +64,14 @@ def as_json(info: RecordingInfo) -> dict[str, Any]:
     return out
 
 
+def file_access(
+    request: Request, user: Principal
+) -> tuple[sessionmaker[Session], Path, Principal, str | None]:
+    """(sessions, recordings folder, user, client address): what every access to a recording's
+    file takes (audio, peaks, verify), from the request."""
+    return sessions_of(request), config_of(request).recordings_dir, user, client_addr(request)
+
+
 # -- search -------------------------------------------------------------------------------
 
 
@@ -227,8 +235,7 @@ async def get_peaks(request: Request, user: Principal) -> Response:
 
     Collectors: only recordings of their own accounts' calls (404 otherwise)."""
     rid = int_id(request, "recording_id")
-    args = (sessions_of(request), config_of(request).recordings_dir, user, client_addr(request))
-    return JSONResponse(await run_in_threadpool(peaks_for, *args, rid))
+    return JSONResponse(await run_in_threadpool(peaks_for, *file_access(request, user), rid))
 
 
 def peaks_for(
@@ -323,13 +330,7 @@ async def audio_response(request: Request, user: Principal) -> Response:
     if params.get("download", "1") not in ("0", "1"):
         raise HTTPException(422, "download must be 0 or 1")
     download = params.get("download") == "1"
-    args = (
-        sessions_of(request),
-        config_of(request).recordings_dir,
-        user,
-        client_addr(request),
-        rid,
-    )
+    args = (*file_access(request, user), rid)
     info, audio, size = await run_in_threadpool(open_audio, *args, request, download)
     headers = {
         "Accept-Ranges": "bytes",

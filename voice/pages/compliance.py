@@ -34,6 +34,7 @@ from voice.api.recordings import (
     READERS,
     SEARCH_PARAMS,
     export_for,
+    file_access,
     filter_from,
     peaks_for,
     read_for,
@@ -211,9 +212,8 @@ async def recording_peaks(request: Request, user: Principal) -> Response:
     rid = _rid(request)
     if rid is None:
         raise HTTPException(404)
-    root = config_of(request).recordings_dir
-    args = (sessions_of(request), root, user, client_addr(request), rid)
-    return JSONResponse(await run_in_threadpool(peaks_for, *args), headers=SECURITY_HEADERS)
+    peaks = await run_in_threadpool(peaks_for, *file_access(request, user), rid)
+    return JSONResponse(peaks, headers=SECURITY_HEADERS)
 
 
 @page(*KEEPERS)
@@ -221,10 +221,8 @@ async def verify(request: Request, user: Principal) -> Response:
     rid = _rid(request)
     if rid is None:
         return not_found(request, user, "This recording")
-    root = config_of(request).recordings_dir
-    args = (sessions_of(request), root, user, client_addr(request), rid)
     try:
-        await run_in_threadpool(verify_for, *args)
+        await run_in_threadpool(verify_for, *file_access(request, user), rid)
     except HTTPException as exc:
         if exc.status_code == 404:
             return not_found(request, user, "This recording")
