@@ -17,6 +17,7 @@ from accounts.models import AuditEntry, Call, Recording, Transcript
 from tests.unit.apiworld import add_recording
 from tests.unit.pagesworld import PagesWorld, make_pages_world
 from voice.config import from_mapping
+from voice.pages.compliance import _cell
 
 
 @pytest.fixture
@@ -185,8 +186,10 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused(w: PagesWorld) -> None:
         assert rec is not None
         call = session.get(Call, rec.call_id)
         assert call is not None
-        call.caller, call.callee = "=HYPERLINK(\"http://x\")", "+12125550101"
+        call.caller, call.callee = "=HYPERLINK(\"http://x\")", "-1+cmd|' /C calc'!A0"
     rows = list(csv.DictReader(io.StringIO(w.browser("cora").get("/recordings.csv").text)))
     [row] = [r for r in rows if int(r["id"]) == own]
     assert row["caller"] == "'=HYPERLINK(\"http://x\")"
-    assert row["callee"] == "+12125550101"  # a phone number stays a number
+    assert row["callee"] == "'-1+cmd|' /C calc'!A0"
+    for number in ("+12125550101", "-4.5"):  # numbers and phone numbers stay as they are
+        assert _cell(number) == number

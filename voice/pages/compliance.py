@@ -61,8 +61,9 @@ AUDIT_FIELDS = (
     ("since", "From"),
     ("until", "To"),
 )
-# A spreadsheet runs a cell starting with these as a formula; "+1212..." stays a number.
-_FORMULA = re.compile(r"[=@\t\r]|[+-][^0-9 ]")
+# A spreadsheet runs a cell starting with = + - @ (or a tab/CR before one) as a formula; a
+# plain signed number ("+12125550101", "-4.5") is left as it is.
+_NUMBER = re.compile(r"[+-][0-9. ]*")
 
 
 def _params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
@@ -164,7 +165,10 @@ def _csv(name: str, header: list[str], lines: list[list[Any]]) -> Response:
 
 
 def _cell(value: str) -> str:
-    return "'" + value if _FORMULA.match(value) else value
+    risky = value[:1] in ("=", "@", "\t", "\r") or (
+        value[:1] in ("+", "-") and not _NUMBER.fullmatch(value)
+    )
+    return "'" + value if risky else value
 
 
 # -- one recording ------------------------------------------------------------------------
