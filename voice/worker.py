@@ -30,6 +30,7 @@ from accounts.verification import CallVerifier, Lockout, Verifications
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
 from recordings.book import RecordingBook
 from voice.asr.live import CallSpeech, Segment
+from voice.asr.memory import limit_arenas
 from voice.asr.model import load_model
 from voice.config import Config
 from voice.control import ControlServer
@@ -796,6 +797,8 @@ def run(cfg: Config, spec: WorkerSpec, model: Any = None, *, load: bool = False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if load and model is None:
         model = load_model(cfg.asr.model)
+    if model is not None:
+        limit_arenas()  # recogniser threads come and go with calls: see voice/asr/memory.py
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voice.asr.events import Event, Final, Mode, Partial, SpeechStarted, Word
+from voice.asr.memory import release_memory
 from voice.asr.phrases import PhraseSet
 from voice.asr.vad import FRAME_S, RATES, Audio, End, Endpointer, Start, VadConfig
 
@@ -209,6 +210,12 @@ class SpeechStream:
         except Exception:
             log.exception("speech stream %s stopped", self.name)
         finally:
+            # A recogniser holds tens of MB (its lazily composed graph grows with the audio it
+            # decodes): free them here, not whenever the last reference to the stream goes
+            # (a call's objects form cycles that only a full GC collects), and give the heap
+            # back, or each call leaves its worker ~100 MB bigger (issue 15).
+            self._decoders, self._transcriber, self._grammar = [], None, None
+            release_memory()
             self._exited.set()
 
     def _decoder(self, mode: Mode, phrases: PhraseSet | None) -> _Decoder:
