@@ -276,6 +276,11 @@ class CallVerifier:
         self._caller = caller_key(caller, region)
         self._call_id = call_id
 
+    def plausible(self, keyed: str) -> bool:
+        """Could `keyed` be a value of this kind at all? Only those count toward a lock-out."""
+        value = keyed_value(self.kind, keyed)
+        return value is not None and (self.prompt != "verify_zip_code" or len(value) == 5)
+
     async def on_file(self, account_id: int) -> bool:
         return await retry_db(READ_TRIES, self._service.on_file, account_id, self.kind)
 
@@ -283,6 +288,8 @@ class CallVerifier:
         return await retry_db(READ_TRIES, self._service.locked_until, self._caller, account_id)
 
     async def attempt(self, account_id: int, keyed: str, tries: int) -> bool:
+        if not self.plausible(keyed):
+            return False  # a wrong try, but no guess at a value (a menu key typed ahead)
         ok = await retry_db(READ_TRIES, self._service.check, account_id, self.kind, keyed)
         try:
             await retry_db(

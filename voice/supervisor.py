@@ -161,7 +161,14 @@ class Supervisor:
             if self.config_path:
                 cmd += ["--config", self.config_path]
             cmd.append("zygote")
-            env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+            # The zygote reads the config again: it must see the same fleet as we do, including
+            # a `--workers` given on our command line (else developer mode's one worker would
+            # be built as w0 of the default fleet, on workers.sip_port instead of sip.port).
+            env = dict(
+                os.environ,
+                OPENBLAS_NUM_THREADS="1",
+                VOICE_WORKERS_COUNT=str(self.cfg.workers.count),
+            )
             self._zygote = await asyncio.create_subprocess_exec(
                 *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
             )

@@ -122,7 +122,14 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
+def start_server(
+    data_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    serve_args: tuple[str, ...] = (),
+    drop_env: tuple[str, ...] = (),
+) -> Server:
+    """`voice serve` as a process on free ports; `serve_args` go on its command line and
+    `drop_env` names VOICE_* defaults of the tests not to set (a flag then decides)."""
     sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
     db_url = (extra_env or {}).get("VOICE_DATABASE_URL", f"sqlite:///{data_dir / 'voice.db'}")
     env = {
@@ -144,11 +151,14 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Ser
         "VOICE_WORKERS_COUNT": "1",  # developer mode unless a test asks for the fleet
         **(extra_env or {}),
     }
+    for name in drop_env:
+        env.pop(name, None)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "server.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml"), "serve"],
+        [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml"), "serve",
+         *serve_args],  # fmt: skip
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -72,7 +72,6 @@ class FakeCall:
         # Every prompt in order, plays and gathers interleaved: ("play" | "gather", tokens).
         self.prompts: list[tuple[str, list[str]]] = []
         self.hangups = 0  # our side's hangup() calls
-        self.cleared = 0  # clear_keys() calls
         self.far_end_gone = False  # the caller hung up
         self.heard: Heard | None = None
         self.spoken: list[Mapping[str, str] | None] = []  # each gather's `spoken` argument
@@ -129,11 +128,6 @@ class FakeCall:
 
     async def hangup(self) -> None:
         self.hangups += 1
-
-    def clear_keys(self) -> None:
-        # The fake's keys are answers to gathers, not a queue typed ahead: nothing to drop,
-        # but the flow's intent is kept for assertions.
-        self.cleared += 1
 
 
 def collect(keys: str, *, max_digits: int, terminator: str = "#") -> str:

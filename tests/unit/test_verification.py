@@ -211,3 +211,13 @@ def test_value_helpers() -> None:
     assert caller_key("+12125550101") == "+12125550101"
     assert caller_key("(212) 555-0101") == "+12125550101"
     assert caller_key(None) == WITHHELD and caller_key("anonymous") == WITHHELD
+
+
+async def test_implausible_keys_are_a_wrong_try_but_no_guess(
+    sessions: sessionmaker[Session], accounts: dict[str, int]
+) -> None:
+    verifier = CallVerifier(service(sessions), "postal_code", CALLER, None)
+    assert not await verifier.attempt(accounts["A-100"], "1", 1)  # a menu key typed ahead
+    assert not await verifier.attempt(accounts["A-100"], "100011", 2)
+    with sessions() as session:
+        assert session.scalars(select(VerificationAttempt)).all() == []

@@ -121,7 +121,6 @@ async def test_verified_caller_hears_the_balance() -> None:
     assert heard[start : start + len(NW_BALANCE_TOKENS)] == NW_BALANCE_TOKENS
     assert "Caller verified by postal code." in r.note
     assert ("verify", {"result": "verified", "kind": "postal_code", "try": 1}) in r.journal.events
-    assert r.call.cleared == 1  # keys typed ahead of the question are not its answer
 
 
 async def test_verification_keys_never_reach_the_journal() -> None:

@@ -15,6 +15,8 @@ from typing import Protocol
 from accounts.views import AccountSummary
 from voice.ivr.steps import Steps
 
+# Why the debt will not be discussed is heard whole (no barge-in): the caller must know it is
+# not a fault and that the agent is still there.
 LABELS = {"postal_code": "postal code", "date_of_birth": "date of birth"}
 
 
@@ -41,16 +43,17 @@ async def verify(steps: Steps, verifier: Verifier, account: AccountSummary, trie
     label = LABELS[verifier.kind]
     if not await verifier.on_file(account.id):
         await steps.journal.event("verify", {"result": "not_on_file", "kind": verifier.kind})
-        await steps.play(["verify_unavailable"])
+        await steps.play(["verify_unavailable"], barge_in=False)
         return Verdict(False, f"not verified: no {label} on file, nothing about the debt said")
     until = await verifier.locked_until(account.id)
     if until is not None:
         detail = {"result": "locked", "kind": verifier.kind, "until": until.isoformat()}
         await steps.journal.event("verify", detail)
-        await steps.play(["verify_locked"])
+        await steps.play(["verify_locked"], barge_in=False)
         return Verdict(False, f"not verified: too many failed verifications, tries locked "
                               f"until {until:%Y-%m-%d %H:%M} UTC")  # fmt: skip
-    steps.call.clear_keys()  # a menu key typed ahead is no answer to this question
+    # Keys typed ahead (during the greeting) are kept: a caller who knows the question answers
+    # it early; a menu key typed ahead is a wrong try, not a lock-out guess (see attempt()).
     wrong = 0
     for attempt in range(1, tries + 1):
         keyed = await steps.gather([verifier.prompt], max_digits=verifier.max_digits, secret=True)
@@ -68,6 +71,6 @@ async def verify(steps: Steps, verifier: Verifier, account: AccountSummary, trie
                                              "try": attempt})  # fmt: skip
         if attempt < tries:
             await steps.play(["verify_wrong"])
-    await steps.play(["verify_failed"])
+    await steps.play(["verify_failed"], barge_in=False)
     return Verdict(False, f"not verified: {wrong} wrong {label}{'s' if wrong != 1 else ''} "
                           f"in {tries} tries, nothing about the debt said")  # fmt: skip
