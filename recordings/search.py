@@ -217,6 +217,25 @@ def _info(row: Any) -> RecordingInfo:
     )
 
 
+def utterances(
+    sessions: sessionmaker[Session], call_id: int, recording_id: int
+) -> list[dict[str, Any]]:
+    """What was said in one recording of a call, in time order (Transcript.as_dict rows).
+
+    Times are seconds into the recording an utterance was stored with, so a bridged part's
+    page shows its own; rows stored without one (older rows) are shown with every recording."""
+    stmt = (
+        select(Transcript)
+        .where(
+            Transcript.call_id == call_id,
+            or_(Transcript.recording_id == recording_id, Transcript.recording_id.is_(None)),
+        )
+        .order_by(Transcript.start_s, Transcript.id)
+    )
+    with sessions() as session:
+        return [row.as_dict() for row in session.scalars(stmt)]
+
+
 class RecordingSearch:
     def __init__(self, sessions: sessionmaker[Session], region: str = "US") -> None:
         self._sessions = sessions

@@ -6,6 +6,8 @@ read it all back in the audit log; another collector gets 404.
 The call is real (a SIP caller on 127.0.0.1, recorded by the worker into a hashed FLAC). Its
 transcript is stored through CallJournal.add_transcript, the store the live recogniser uses,
 with word times inside the recording: no speech model is needed to test the page.
+A bridged part (two channels, a PCI pause) is recorded through the recorder's own classes
+(WavWriter, RecordingBook), as voice/routing/line.py does, to check the two waveform lanes.
 Screenshots go to tests/output/screens/ (gitignored).
 """
 
@@ -21,13 +23,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import update
 
+from accounts.db import make_sessions
 from accounts.models import Recording
+from recordings.book import RecordingBook
+from recordings.capture import WavWriter
 from recordings.paths import path_for
 from tests.integration.conftest import REPO, Server, last_call_id, run_ua, start_server, stop_server
 from tests.integration.test_call_recording import closed_recording
+from voice.config import from_mapping
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +90,7 @@ def recording(served: Server) -> Recording:
     words = [{"word": w, "start": s, "end": e, "conf": 0.9} for w, s, e in WORDS]
     served.journal().add_transcript(
         call_id, speaker="caller", text=" ".join(w for w, _, _ in WORDS),
-        start=WORDS[0][1], end=WORDS[-1][2], confidence=0.9, words=words,
+        start=WORDS[0][1], end=WORDS[-1][2], confidence=0.9, words=words, recording_id=rec.id,
     )  # fmt: skip
     return rec
 
@@ -210,3 +217,71 @@ def test_another_collectors_recording_is_not_found(
     assert d.find_element(By.TAG_NAME, "h1").text == "Not found"  # type: ignore[attr-defined]
     assert not d.find_elements(By.ID, "player")  # type: ignore[attr-defined]
     _shot(d, "7-collector-404")
+
+
+def _bridged_part(server: Server, call_id: int) -> int:
+    """The bridged part of a call, recorded the way voice/routing/line.py records it: a
+    two-channel WavWriter (customer left, collector right) fed 20 ms frames, a PCI pause in
+    the middle marked on the row, then closed into a hashed FLAC by the RecordingBook."""
+    cfg = from_mapping({"data": {"dir": str(server.data_dir)}}, {})
+    book = RecordingBook(make_sessions(server.engine), cfg)
+    rid, wav = book.open(call_id, channels=2)
+    writer = WavWriter(wav, 2)
+    t = np.arange(320) / 16000
+    customer = (9000 * np.sin(2 * np.pi * 300 * t)).astype("<i2").tobytes()
+    collector = (6000 * np.sin(2 * np.pi * 500 * t)).astype("<i2").tobytes()
+    left, right = writer.sink(0), writer.sink(1)
+    for frame in range(150):  # 3 s: customer talks first, collector second, paused 1.0-1.6 s
+        if frame == 50:
+            writer.paused = True
+            book.mark_pause(rid, 1.0, True)
+        if frame == 80:
+            writer.paused = False
+            book.mark_pause(rid, 1.6, False)
+        left(customer if frame < 75 else bytes(640))
+        right(collector if frame >= 75 else bytes(640))
+        time.sleep(0.02)  # the media clock's pace: a pause applies to frames as they are drained
+    writer.close()
+    rec = book.close(rid)
+    assert rec.status == "final" and rec.channels == 2 and rec.pauses
+    return rid
+
+
+def _lane_colours(driver: object) -> dict[str, list[str]]:
+    """Per lane, the colour at 10 points across, 4 px above its middle: inside the bar of a
+    channel that is talking, outside the 1 px line drawn for silence."""
+    script = """
+      const c = document.getElementById('waveform'), ctx = c.getContext('2d');
+      const out = {}, lanes = 2, h = c.height / lanes;
+      for (let lane = 0; lane < lanes; lane++) {
+        out[lane] = [];
+        for (let i = 0; i < 10; i++) {
+          const x = Math.floor((i + 0.5) * c.width / 10), y = Math.floor(lane * h + h / 2) - 4;
+          const p = ctx.getImageData(x, y, 1, 1).data;
+          out[lane].push(p[0] + ',' + p[1] + ',' + p[2]);
+        }
+      }
+      return out;
+    """
+    return driver.execute_script(script)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_bridged_part_shows_two_lanes_with_the_pause_as_a_gap(
+    served: Server, recording: Recording, browser: object
+) -> None:
+    rid = _bridged_part(served, recording.call_id)
+    d: object = browser
+    _login(d, served, "cora")
+    d.get(f"http://127.0.0.1:{served.http_port}/recordings/{rid}")  # type: ignore[attr-defined]
+    canvas = WebDriverWait(d, 10).until(lambda x: x.find_element(By.ID, "waveform"))
+    WebDriverWait(d, 10).until(lambda x: canvas.get_attribute("data-loaded") == "yes")
+    assert "customer above, collector below" in (canvas.get_attribute("aria-label") or "")
+    colours = _lane_colours(d)
+    blue, green, gap = "11,92,173", "26,127,55", "228,224,212"
+    # 10 points over 3 s: 0.15 s, 0.45 s, ... 2.85 s; the pause is 1.0-1.6 s (points 3 and 4).
+    assert colours["0"][:3] == [blue] * 3 and colours["1"][6:] == [green] * 4, colours
+    assert colours["0"][3:5] == [gap] * 2 == colours["1"][3:5], colours
+    assert blue not in colours["0"][6:] and green not in colours["1"][:3], colours
+    # The call's other recording's words are not this one's transcript.
+    assert "invoice" not in d.find_element(By.ID, "main").text  # type: ignore[attr-defined]
+    _shot(d, "8-two-lanes")

@@ -92,6 +92,12 @@ def _last(w: PagesWorld) -> int:
 
 def test_one_recording_page_audited_with_player_and_transcript(w: PagesWorld) -> None:
     own, other = w.ids["own"], w.ids["other"]  # type: ignore[attr-defined]
+    with w.sessions.begin() as session:  # an utterance timed in another recording
+        rec = session.get(Recording, own)
+        assert rec is not None
+        session.add(
+            Transcript(call_id=rec.call_id, recording_id=other, speaker="agent", text="elsewhere")
+        )
     dana = w.browser("dana")
     before = _last(w)
     page = dana.get(f"/recordings/{own}")
@@ -100,6 +106,7 @@ def test_one_recording_page_audited_with_player_and_transcript(w: PagesWorld) ->
         page.text
     )
     assert 'data-start="0.25" data-end="0.4">please</button>' in page.text
+    assert "elsewhere" not in page.text
     assert ("recording.read", "dana", str(own)) in _actions(w, before)
     assert 'id="verify"' not in page.text and 'id="hold-button"' not in page.text  # not a keeper
     assert dana.get(f"/recordings/{own}/audio").content.startswith(b"fLaC")

@@ -22,9 +22,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from accounts import audit
-from accounts.models import Transcript
 from accounts.users import Principal
-from recordings.search import RecordingSearch, SearchError
+from recordings.search import RecordingSearch, SearchError, utterances
 from voice.api import dialout
 from voice.api.audit import AUDIT_PARAMS, filters_from
 from voice.api.audit import read_for as read_audit
@@ -189,8 +188,7 @@ def _view(request: Request, user: Principal, rid: int) -> dict[str, Any] | None:
         raise
     # The call's timeline, with the calls API's own access check and audit row.
     call = dialout._status(sessions, user, addr, info.call_id)
-    with sessions() as session:
-        transcript = Transcript.of_call(session, info.call_id)
+    transcript = utterances(sessions, info.call_id, rid)
     verified = audit.latest(sessions, "recording.verify", "recording", rid)
     return {"rec": info, "call": call, "transcript": transcript, "verified": verified}
 
