@@ -24,7 +24,7 @@ from starlette.types import ASGIApp
 
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.demo import load_demo_if_empty
-from accounts.models import Account, AuditEntry, Call, Note, Recording
+from accounts.models import Account, AuditEntry, Call, Collector, Note, Recording
 from accounts.users import Users, generate_token
 from recordings.paths import relative_path
 from tests.unit.recdata import write_flac
@@ -102,6 +102,14 @@ def _add_call(session: Session, number: str, status: str) -> Call:
     session.add(call)
     session.flush()
     return call
+
+
+def dana_dialable(sessions: sessionmaker[Session]) -> None:
+    """Give Dana a SIP URI a worker would ring: the demo's example.com ones are never dialled."""
+    with sessions.begin() as session:
+        dana = session.scalar(select(Collector).where(Collector.name == "Dana Whitfield"))
+        assert dana is not None
+        dana.sip_uri = "sip:dana@127.0.0.1:5099"
 
 
 def add_live_call(sessions: sessionmaker[Session], number: str) -> int:

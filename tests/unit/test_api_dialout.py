@@ -21,7 +21,7 @@ from accounts.models import (
     Softphone,
 )
 from accounts.services import CallJournal
-from tests.unit.apiworld import World, make_world
+from tests.unit.apiworld import World, dana_dialable, make_world
 
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -30,9 +30,7 @@ NEW_YORK = ZoneInfo("America/New_York")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     w = make_world(f"sqlite:///{tmp_path_factory.mktemp('dialout') / 'voice.db'}")
     w.api_state.clock = lambda: dt.datetime(2026, 11, 4, 10, 0, tzinfo=NEW_YORK)
-    with w.sessions.begin() as session:  # the demo's example.com URIs are never dialled
-        dana = session.scalar(select(Collector).where(Collector.name == "Dana Whitfield"))
-        dana.sip_uri = "sip:dana@127.0.0.1:5099"
+    dana_dialable(w.sessions)
     yield w
     w.engine.dispose()
 

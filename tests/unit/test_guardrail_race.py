@@ -28,7 +28,7 @@ from sqlalchemy import select
 from accounts.attempts import attach
 from accounts.models import Account, Call, Collector, OutboundAttempt, Softphone
 from accounts.services import CallJournal
-from tests.unit.apiworld import World, make_world
+from tests.unit.apiworld import World, dana_dialable, make_world
 from voice.config import from_mapping
 from voice.routing import outbound
 from voice.routing.guardrails import Guardrails, Refusal
@@ -71,10 +71,7 @@ class JournalingFleet:
 def world(database_url: str) -> Iterator[World]:
     w = make_world(database_url)
     w.api_state.clock = lambda: NOW
-    with w.sessions.begin() as session:  # the demo's example.com URIs are never dialled
-        dana = session.scalar(select(Collector).where(Collector.name == "Dana Whitfield"))
-        assert dana is not None
-        dana.sip_uri = "sip:dana@127.0.0.1:5099"
+    dana_dialable(w.sessions)
     yield w
     w.engine.dispose()
 
