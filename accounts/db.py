@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -13,7 +13,7 @@ from accounts import (
     verification,  # noqa: F401  (its tables join Base's metadata)
     webtables,  # noqa: F401  (the pages' tables, on Base)
 )
-from accounts.models import Base
+from accounts.models import ADDED_COLUMNS, Base
 from accounts.textindex import ensure as ensure_text_index
 
 
@@ -65,9 +65,23 @@ def create_schema(engine: Engine) -> None:
             # Take the write lock before the first check (waiting up to busy_timeout for it).
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         Base.metadata.create_all(conn)
+        add_missing_columns(conn)
         # Triggers, the FTS table and indexes added since a database was made (accounts/textindex).
         ensure_text_index(conn)
         conn.commit()
+
+
+def add_missing_columns(conn: Connection) -> None:
+    """ALTER TABLE ... ADD COLUMN for each of ADDED_COLUMNS a database made before it lacks."""
+    for column in ADDED_COLUMNS:
+        table = column.table.name
+        if column.name in {c["name"] for c in inspect(conn).get_columns(table)}:
+            continue
+        kind = column.type.compile(conn.dialect)
+        default = column.server_default.arg  # type: ignore[union-attr]
+        conn.exec_driver_sql(
+            f"ALTER TABLE {table} ADD COLUMN {column.name} {kind} NOT NULL DEFAULT '{default}'"
+        )
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

@@ -278,6 +278,10 @@ class Transcript(Base):
     confidence: Mapped[float | None] = mapped_column()
     words: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # What produced it: "live" recognition of the call's audio, or "rendered" (the IVR's own
+    # prompts: the text we played, never recognised). Added after databases existed: see
+    # ADDED_COLUMNS.
+    source: Mapped[str] = mapped_column(String(16), default="live", server_default="live")
 
     @staticmethod
     def of_call(session: Session, call_id: int) -> list[dict[str, Any]]:
@@ -298,6 +302,7 @@ class Transcript(Base):
             "text": self.text,
             "confidence": self.confidence,
             "words": self.words or [],
+            "source": self.source,
         }
 
 
@@ -478,3 +483,8 @@ event.listen(
         "ON calls (account_id, direction, started_at)"
     ),
 )
+
+
+# Columns added to a table after databases were made with it: create_schema (accounts/db.py)
+# adds each one missing, with its server default, so existing rows get a value.
+ADDED_COLUMNS = (Transcript.__table__.c.source,)

@@ -213,8 +213,10 @@ class CallJournal:
         confidence: float,
         words: list[dict[str, Any]],
         recording_id: int | None = None,
+        source: str = "live",
     ) -> int:
-        """Store one recognised utterance of the call (as it ends, so a crash keeps the rest)."""
+        """Store one utterance of the call (as it ends, so a crash keeps the rest); `source`
+        says what produced it: "live" recognition, or "rendered" (what the IVR said)."""
         with self._sessions.begin() as session:
             self._get(session, call_id)
             row = Transcript(
@@ -226,6 +228,7 @@ class CallJournal:
                 end_s=end,
                 confidence=confidence,
                 words=words,
+                source=source,
             )
             session.add(row)
             session.flush()

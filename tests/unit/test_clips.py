@@ -138,6 +138,18 @@ def test_render_is_clips_plus_gaps(dirs: tuple[Path, Path]) -> None:
     assert len(lib.render([])) == 0
 
 
+def test_render_knows_the_text_and_place_of_each_clip(dirs: tuple[Path, Path]) -> None:
+    lib = _lib(dirs)
+    tokens = ["greeting", "pause", "balance_open", *say.money(105)]
+    out = lib.render(tokens)
+    said = [t for t in tokens if t != "pause"]  # a pause says nothing
+    assert [s.text for s in out.spans] == [lib.text(t) for t in said]
+    for span, token in zip(out.spans, said, strict=True):
+        assert out[span.start : span.end].tolist() == lib.clip(token).tolist()
+    assert out.spans[-1].end == len(out)
+    assert out[1:].spans == () and (out * 1).spans == ()  # a changed copy says nothing
+
+
 def test_clips_are_read_only(dirs: tuple[Path, Path]) -> None:
     clip = _lib(dirs).clip("one")
     with pytest.raises(ValueError):

@@ -4,10 +4,10 @@ import datetime as dt
 import threading
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, insert, inspect, select, text
 
 from accounts.db import create_schema, make_engine, make_sessions
-from accounts.models import Base, Call
+from accounts.models import Base, Call, Transcript
 from accounts.textindex import FTS_TABLE as FTS
 
 PROCESSES = 8  # workers starting at once, each with its own engine (connection pool)
@@ -75,5 +75,27 @@ def test_postgres_fixture_gives_each_test_its_own_database(postgres_url: str) ->
         with engine.connect() as conn:
             assert inspect(conn).get_table_names() == []
             assert conn.execute(text("SHOW max_connections")).scalar() == "300"
+    finally:
+        engine.dispose()
+
+
+def test_a_database_made_before_transcripts_had_a_source_gets_it(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        create_schema(engine)
+        with engine.begin() as conn:  # as an older version left it: no source column, one row
+            conn.execute(text("ALTER TABLE transcripts DROP COLUMN source"))
+            call = conn.execute(
+                insert(Call.__table__).values(direction="inbound", worker="w", sip_call_id="s",
+                                              started_at=dt.datetime.now(dt.UTC))  # fmt: skip
+            ).inserted_primary_key[0]
+            conn.execute(text("INSERT INTO transcripts (call_id, speaker, text, words, created_at)"
+                              " VALUES (:c, 'caller', 'x', '[]', :t)"),
+                         {"c": call, "t": dt.datetime.now(dt.UTC)})  # fmt: skip
+        create_schema(engine)
+        create_schema(engine)  # idempotent
+        with make_sessions(engine)() as session:
+            [row] = session.scalars(select(Transcript))
+            assert row.source == "live"  # the old row: recognised live, as all were then
     finally:
         engine.dispose()

@@ -20,6 +20,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,25 @@ PREWARM_THREADS = 2  # the target machine has 2 cores; TTS is CPU bound
 
 _TOKEN_RE = re.compile(r"[a-z0-9_]+")
 _SENTENCE_END = (".", "?", "!")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One clip of a rendered prompt: its text and where it is, in samples."""
+
+    text: str
+    start: int
+    end: int
+
+
+class Rendered(np.ndarray):
+    """Rendered PCM (int16 at SAMPLE_RATE) with the `spans` it says; any slice or result of
+    arithmetic on it has no spans (it no longer says them)."""
+
+    spans: tuple[Span, ...]
+
+    def __array_finalize__(self, obj: object) -> None:
+        self.spans = ()
 
 
 class TtsError(RuntimeError):
@@ -82,16 +102,27 @@ class ClipLibrary:
         """The clip for `token` as int16 mono at SAMPLE_RATE."""
         return self._get(token)[0]
 
-    def render(self, tokens: Sequence[str]) -> np.ndarray:
-        """Concatenate clips, with a short gap between words and a longer one after sentences."""
+    def render(self, tokens: Sequence[str]) -> Rendered:
+        """Concatenate clips, with a short gap between words and a longer one after sentences.
+
+        The result knows what it says: `spans` has each clip's text and sample range, so the
+        IVR's side of a transcript is the text we rendered, never recognised (issue 15)."""
         parts: list[np.ndarray] = []
+        spans: list[Span] = []
+        at = 0
         for i, token in enumerate(tokens):
-            parts.append(self.clip(token))
+            clip = self.clip(token)
+            parts.append(clip)
+            if token != say.PAUSE:
+                spans.append(Span(self.text(token), at, at + len(clip)))
+            at += len(clip)
             if i < len(tokens) - 1:
                 parts.append(_silence(self._gap_after(token)))
-        if not parts:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate(parts)
+                at += len(parts[-1])
+        pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+        out = pcm.view(Rendered)
+        out.spans = tuple(spans)
+        return out
 
     def _gap_after(self, token: str) -> float:
         if token in PROMPTS and self.text(token).rstrip().endswith(_SENTENCE_END):

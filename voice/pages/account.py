@@ -18,7 +18,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from accounts.models import Account, CallOutcome, Invoice, Payment
@@ -30,7 +30,7 @@ from voice.api.dialout import DIALERS
 from voice.api.notes import READERS, WRITERS, account_notes, add_manual_note, note_body
 from voice.api.params import account_number
 from voice.pages.callable import contact_states, guardrails
-from voice.pages.web import SECURITY_HEADERS, page, read_form, render
+from voice.pages.web import page, read_form, render, see_other
 
 NOTES_PAGE = 50
 HISTORY = 20  # payments and promises shown
@@ -128,9 +128,7 @@ async def add_note(request: Request, user: Principal) -> Response:
     note = await run_in_threadpool(add_manual_note, *args)
     if note is None:
         raise HTTPException(404, f"no account {number}")
-    response = RedirectResponse(f"/accounts/{number}#note-{note['id']}", status_code=303)
-    response.headers.update(SECURITY_HEADERS)
-    return response
+    return see_other(f"/accounts/{number}#note-{note['id']}")
 
 
 ROUTES: list[BaseRoute] = [

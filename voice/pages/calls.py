@@ -23,7 +23,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from accounts import audit
@@ -36,7 +36,7 @@ from voice.api.notes import READERS, call_detail
 from voice.api.outcomes import CALLERS
 from voice.api.params import int_id
 from voice.pages.outcome_form import EMPTY, outcome_post
-from voice.pages.web import SECURITY_HEADERS, page, read_form, render
+from voice.pages.web import SECURITY_HEADERS, page, read_form, render, see_other
 
 POLL_S = 0.5  # how often the stream looks at the call (the transcript grows per utterance)
 SETTLE_S = 8.0  # after hang-up, how long the stream waits for the last utterances
@@ -56,7 +56,7 @@ async def make_call(request: Request, user: Principal) -> Response:
         if refused.body.get("allowed_from"):
             message = f"{message} (allowed from {refused.body['allowed_from']})"
         return render(request, user, "error.html", status=refused.status, message=message)
-    return _redirect(f"/calls/{int(placed['call_id'])}")
+    return see_other(f"/calls/{int(placed['call_id'])}")
 
 
 @page(*READERS)
@@ -119,7 +119,7 @@ async def _pause(request: Request, user: Principal, paused: bool) -> Response:
         if exc.status_code == 404:
             raise
         return await _call_page(request, user, status=exc.status_code, notice=str(exc.detail))
-    return _redirect(f"/calls/{int_id(request, 'call_id')}")
+    return see_other(f"/calls/{int_id(request, 'call_id')}")
 
 
 @page(*CALLERS)
@@ -129,7 +129,7 @@ async def outcome(request: Request, user: Principal) -> Response:
     if result.errors:
         fields = {k: str(form.get(k, "")) for k in EMPTY}
         return await _call_page(request, user, status=422, form=fields, errors=result.errors)
-    return _redirect(f"/calls/{int_id(request, 'call_id')}?marked={result.kind}")
+    return see_other(f"/calls/{int_id(request, 'call_id')}?marked={result.kind}")
 
 
 @page(*READERS)
@@ -171,12 +171,6 @@ def _ago(iso: str | None) -> float:
     if not iso:
         return 0.0
     return max(0.0, (utcnow() - dt.datetime.fromisoformat(iso)).total_seconds())
-
-
-def _redirect(where: str) -> Response:
-    response = RedirectResponse(where, status_code=303)
-    response.headers.update(SECURITY_HEADERS)
-    return response
 
 
 ROUTES: list[BaseRoute] = [

@@ -13,22 +13,14 @@ import secrets
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from accounts.logins import MAX_PASSWORD, Passwords, Throttled
 from accounts.users import Principal
 from voice.api.auth import client_addr, clock_of, config_of, sessions_of
 from voice.pages.sessions import COOKIE, LOGIN_CSRF_COOKIE, cookie_options
-from voice.pages.web import (
-    SECURITY_HEADERS,
-    page,
-    read_form,
-    render,
-    safe_next,
-    to_login,
-    web_sessions,
-)
+from voice.pages.web import page, read_form, render, safe_next, see_other, to_login, web_sessions
 
 WRONG = "Wrong user name or password."
 HOME = {"compliance": "/recordings"}  # every other role starts at /today
@@ -36,7 +28,7 @@ HOME = {"compliance": "/recordings"}  # every other role starts at /today
 
 async def login_form(request: Request) -> Response:
     if await run_in_threadpool(_logged_in, request):
-        return _redirect(safe_next(request.query_params.get("next")))
+        return see_other(safe_next(request.query_params.get("next")))
     return _form(request, status=200)
 
 
@@ -65,7 +57,7 @@ async def login(request: Request) -> Response:
     if user is None:
         return _form(request, 401, nxt, name, {"form": WRONG})
     sid, _csrf = await run_in_threadpool(web_sessions(request).open, user)
-    response = _redirect(nxt if nxt != "/" else HOME.get(user.role, "/today"))
+    response = see_other(nxt if nxt != "/" else HOME.get(user.role, "/today"))
     response.set_cookie(COOKIE, sid, **cookie_options(config_of(request)))  # type: ignore[arg-type]
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
     return response
@@ -74,7 +66,7 @@ async def login(request: Request) -> Response:
 @page("collector", "supervisor", "compliance", "admin")
 async def logout(request: Request, user: Principal) -> Response:
     await run_in_threadpool(web_sessions(request).end, request.cookies.get(COOKIE))
-    response = _redirect("/login")
+    response = see_other("/login")
     response.delete_cookie(COOKIE, path="/")
     return response
 
@@ -83,7 +75,7 @@ async def home(request: Request) -> Response:
     opened = await run_in_threadpool(_logged_in, request)
     if opened is None:
         return to_login(request)
-    return _redirect(HOME.get(opened.role, "/today"))
+    return see_other(HOME.get(opened.role, "/today"))
 
 
 def _logged_in(request: Request) -> Principal | None:
@@ -104,12 +96,6 @@ def _form(
     ctx = {"next": nxt, "name": name, "errors": errors or {}, "login_csrf": token}
     response = render(request, None, "login.html", status=status, **ctx)
     response.set_cookie(LOGIN_CSRF_COOKIE, token, **cookie_options(config_of(request)))  # type: ignore[arg-type]
-    return response
-
-
-def _redirect(where: str) -> Response:
-    response = RedirectResponse(where, status_code=303)
-    response.headers.update(SECURITY_HEADERS)
     return response
 
 

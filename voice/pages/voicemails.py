@@ -13,7 +13,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from accounts import audit
@@ -23,7 +23,7 @@ from accounts.webtables import VoicemailHandled
 from voice.api.auth import client_addr, deny, sessions_of
 from voice.api.notes import voicemail_list, voicemail_notes
 from voice.api.params import int_id
-from voice.pages.web import SECURITY_HEADERS, VOICEMAIL_READERS, page, render
+from voice.pages.web import VOICEMAIL_READERS, page, render, see_other
 
 PAGE = 50
 
@@ -54,9 +54,7 @@ async def mark_handled(request: Request, user: Principal) -> Response:
     note_id = int_id(request, "note_id")
     if not await run_in_threadpool(_mark, request, user, note_id):
         raise HTTPException(404, f"no voicemail {note_id}")
-    response = RedirectResponse(f"/voicemails#voicemail-{note_id}", status_code=303)
-    response.headers.update(SECURITY_HEADERS)
-    return response
+    return see_other(f"/voicemails#voicemail-{note_id}")
 
 
 def _mark(request: Request, user: Principal, note_id: int) -> bool:

@@ -159,14 +159,19 @@ def nav_for(user: Principal | None) -> list[tuple[str, str]]:
     return [(label, path) for label, path, roles in NAV if user.role in roles]
 
 
+def see_other(where: str) -> Response:
+    """303 to `where` (after a form post, or to the page a role starts at)."""
+    response = RedirectResponse(where, status_code=303)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 def to_login(request: Request) -> Response:
     """303 to the login page, which comes back here (or to the page a POST came from)."""
     where = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     if request.method != "GET":
         where = _referer_path(request) or "/"
-    response = RedirectResponse(f"/login?next={quote(where, safe='/')}", status_code=303)
-    response.headers.update(SECURITY_HEADERS)
-    return response
+    return see_other(f"/login?next={quote(where, safe='/')}")
 
 
 def safe_next(value: str | None) -> str:

@@ -3,6 +3,12 @@
 `onFrameRequested` runs on pjmedia's clock thread every 20 ms. It only slices a pre-rendered
 buffer under a lock, so playback can be queued, and cut short for barge-in, from any thread
 without calling into pjlib.
+
+The player is also the clock of what the IVR said: its `listener` hears every frame sent, and,
+if it has `saying(spans)` and `said()` methods, is told just before the first frame of each
+rendered prompt (voice/ivr/clips.py `Rendered`: text per clip) and just after its last one
+(whole, cut or replaced), so it can time what we said without recognising it. All on the media
+thread, in frame order; the listener must only queue.
 """
 
 from __future__ import annotations
@@ -10,11 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pjsua2 as pj
 
-from voice.ivr.clips import SAMPLE_RATE
+from voice.ivr.clips import SAMPLE_RATE, Span
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +29,36 @@ FRAME_TIME = 0.020  # 20 ms, pjmedia's default ptime
 FRAME_SAMPLES = int(SAMPLE_RATE * FRAME_TIME)
 FRAME_BYTES = FRAME_SAMPLES * 2
 _SILENCE = bytes(FRAME_BYTES)
+
+
+class PlayedLog:
+    """Which rendered prompt is going out (under the player's lock), as events for the listener:
+    ("saying", spans) just before its first frame, ("said", ()) just after its last one, be it
+    the end of the prompt, or the frame before it was cut (stop) or replaced (play)."""
+
+    def __init__(self) -> None:
+        self._next: tuple[Span, ...] = ()  # queued by play(), announced with its first frame
+        self._saying = False
+        self._events: list[tuple[str, tuple[Span, ...]]] = []
+
+    def start(self, spans: tuple[Span, ...]) -> None:
+        self.finish()
+        self._next = spans
+
+    def sent(self) -> None:
+        """A frame of the current buffer goes out now."""
+        if self._next:
+            self._events.append(("saying", self._next))
+            self._next, self._saying = (), True
+
+    def finish(self) -> None:
+        if self._saying:
+            self._events.append(("said", ()))
+        self._next, self._saying = (), False
+
+    def take(self) -> list[tuple[str, tuple[Span, ...]]]:
+        events, self._events = self._events, []
+        return events
 
 
 class PcmPlayer(pj.AudioMediaPort):
@@ -36,17 +73,20 @@ class PcmPlayer(pj.AudioMediaPort):
         # Hears every frame the player sends (speech or silence), on the media thread: the
         # IVR's side of the call for live transcription. It must only queue.
         self.listener: Callable[[bytes], None] | None = None
+        self._told = PlayedLog()
         fmt = pj.MediaFormatAudio()
         fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, int(FRAME_TIME * 1_000_000), 16)
         self.createPort(name, fmt)
 
     def play(self, pcm: np.ndarray, on_done: Callable[[], None]) -> None:
         """Replace whatever is playing with `pcm` (int16 mono at SAMPLE_RATE)."""
+        spans = getattr(pcm, "spans", ())  # a rendered prompt says these; a tone says nothing
         data = np.ascontiguousarray(pcm, dtype="<i2").tobytes()
         pad = (-len(data)) % FRAME_BYTES
         with self._lock:
             previous = self._on_done
             self._buffer, self._offset, self._on_done = data + bytes(pad), 0, on_done
+            self._told.start(spans)
         if previous is not None:
             previous()
 
@@ -55,6 +95,7 @@ class PcmPlayer(pj.AudioMediaPort):
         with self._lock:
             previous = self._on_done
             self._buffer, self._offset, self._on_done = b"", 0, None
+            self._told.finish()
         if previous is not None:
             previous()
 
@@ -70,11 +111,15 @@ class PcmPlayer(pj.AudioMediaPort):
                 if self._offset < len(self._buffer):
                     chunk = self._buffer[self._offset : self._offset + FRAME_BYTES]
                     self._offset += FRAME_BYTES
+                    self._told.sent()
+                    before = self._told.take()  # a cut prompt's end, this one's start
                     if self._offset >= len(self._buffer):
                         done, self._on_done = self._on_done, None
                         self._buffer, self._offset = b"", 0
+                        self._told.finish()
                 else:
-                    chunk = None
+                    chunk, before = None, self._told.take()
+                after = self._told.take()  # the prompt this frame ended
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
             frame.buf = pj.ByteVector(chunk) if chunk is not None else self._silence
             frame.size = FRAME_BYTES
@@ -82,7 +127,9 @@ class PcmPlayer(pj.AudioMediaPort):
                 self.frames_played += 1
             listener = self.listener
             if listener is not None:
+                _tell(listener, before)
                 listener(chunk if chunk is not None else _SILENCE)
+                _tell(listener, after)
             if done is not None:
                 done()
         except Exception:  # never let an exception escape into the media thread
@@ -91,3 +138,10 @@ class PcmPlayer(pj.AudioMediaPort):
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802
         # The player is only a source; received audio is tapped elsewhere (recording, ASR).
         return
+
+
+def _tell(listener: Any, events: list[tuple[str, tuple[Span, ...]]]) -> None:
+    for name, spans in events:
+        method = getattr(listener, name, None)
+        if method is not None:
+            method(*((spans,) if name == "saying" else ()))
