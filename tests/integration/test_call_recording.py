@@ -24,6 +24,7 @@ from recordings.paths import path_for
 from tests.integration.audio import match_in_order
 from tests.integration.conftest import (
     REPO,
+    TEST_TTS,
     Server,
     last_call_id,
     run_ua,
@@ -33,7 +34,6 @@ from tests.integration.conftest import (
     wait_for,
 )
 from tests.tinyfs import tiny_fs
-from voice.config import TtsConfig
 from voice.ivr.clips import ClipLibrary
 from voice.ivr.inbound import balance_answer
 
@@ -117,7 +117,7 @@ def test_a_call_is_recorded_both_ways_into_a_hashed_flac(server: Server, tmp_pat
     ledger = server.ledger()
     account = ledger.account_by_number("10042")
     clips = ClipLibrary(
-        TtsConfig(),
+        TEST_TTS,
         server.data_dir / "cache" / "tts",
         server.data_dir / "prompts",
         "Acme Receivables",

@@ -10,8 +10,14 @@ import pytest
 import soundfile
 
 from tests.integration.audio import match_pieces
-from tests.integration.conftest import Server, last_call_id, require_sipp, run_ua, wait_for
-from voice.config import TtsConfig
+from tests.integration.conftest import (
+    TEST_TTS,
+    Server,
+    last_call_id,
+    require_sipp,
+    run_ua,
+    wait_for,
+)
 from voice.ivr.clips import SAMPLE_RATE, ClipLibrary
 from voice.ivr.inbound import balance_answer
 
@@ -107,7 +113,7 @@ def test_pjsua_caller_hears_the_balance(server: Server, tmp_path: Path) -> None:
     account = ledger.account_by_number("10042")
     balance = ledger.balance(account.id, dt.date.today())
     clips = ClipLibrary(
-        TtsConfig(),
+        TEST_TTS,
         server.data_dir / "cache" / "tts",
         server.data_dir / "prompts",
         "Acme Receivables",

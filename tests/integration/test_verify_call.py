@@ -21,6 +21,7 @@ from sqlalchemy import select
 from accounts.models import CallOutcome
 from tests.integration.audio import best_match, match_pieces
 from tests.integration.conftest import (
+    TEST_TTS,
     Server,
     events_of,
     last_call_id,
@@ -29,7 +30,6 @@ from tests.integration.conftest import (
     stop_server,
     wait_for,
 )
-from voice.config import TtsConfig
 from voice.ivr import say
 from voice.ivr.clips import ClipLibrary
 from voice.ivr.inbound import balance_answer
@@ -56,7 +56,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def clips(server: Server) -> ClipLibrary:
     return ClipLibrary(
-        TtsConfig(), server.data_dir / "cache" / "tts", server.data_dir / "prompts",
+        TEST_TTS, server.data_dir / "cache" / "tts", server.data_dir / "prompts",
         "Acme Receivables",
     )  # fmt: skip
 

