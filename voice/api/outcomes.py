@@ -311,7 +311,9 @@ def _callable(
         account = visible_account(session, user, addr, number)
         if account is None:
             return None
-        refusal = guard.check(account.id, to) if to else guard.check_account(account.id)
+        refusal = (
+            guard.check(account.id, to, session) if to else guard.check_account(account.id, session)
+        )
         answer: dict[str, Any] = {"account": number, "to": to, "allowed": refusal is None}
         answer.update(
             refusal.as_dict()

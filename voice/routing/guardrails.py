@@ -119,9 +119,17 @@ class Guardrails:
         self._sessions = sessions
         self._clock = clock
 
-    def check(self, account_id: int, destination_e164: str) -> Refusal | None:
-        """May the account be called at this number now? None: yes. UnknownAccount if none."""
-        refusal = check_destination(self._cfg, destination_e164) or self._account(account_id)
+    def check(
+        self, account_id: int, destination_e164: str, session: Session | None = None
+    ) -> Refusal | None:
+        """May the account be called at this number now? None: yes. UnknownAccount if none.
+
+        A caller inside a session passes it: a second connection per request can exhaust the
+        pool when many requests wait for one (each holding its first).
+        """
+        refusal = check_destination(self._cfg, destination_e164) or self._account(
+            account_id, session
+        )
         if refusal is not None:
             _log_refusal(account_id, destination_e164, refusal)
         return refusal
@@ -146,9 +154,9 @@ class Guardrails:
             return refusal
         return attempts.reserve(session, account_id, destination_e164, source)
 
-    def check_account(self, account_id: int) -> Refusal | None:
+    def check_account(self, account_id: int, session: Session | None = None) -> Refusal | None:
         """The account's rules alone (hours, conversation, attempts), whatever the number."""
-        refusal = self._account(account_id)
+        refusal = self._account(account_id, session)
         if refusal is not None:
             log.info(
                 "call to account id %s refused (%s): %s", account_id, refusal.rule, refusal.reason
@@ -161,13 +169,15 @@ class Guardrails:
             raise ValueError(f"clock returned naive {now!r}: it must be timezone-aware")
         return now
 
-    def _account(self, account_id: int) -> Refusal | None:
+    def _account(self, account_id: int, session: Session | None) -> Refusal | None:
         now = self._now()
-        with self._sessions() as session:
-            account = session.get(Account, account_id)
-            if account is None:
-                raise UnknownAccount(f"no account with id {account_id}")
-            return self._rules(session, account, now)
+        if session is None:
+            with self._sessions() as own:
+                return self._account(account_id, own)
+        account = session.get(Account, account_id)
+        if account is None:
+            raise UnknownAccount(f"no account with id {account_id}")
+        return self._rules(session, account, now)
 
     def _rules(self, session: Session, account: Account, now: dt.datetime) -> Refusal | None:
         if not self._cfg.enabled:
