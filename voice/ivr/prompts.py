@@ -31,9 +31,8 @@ PROMPTS: dict[str, str] = {
         "To speak with an agent or leave a message, press 0. To hear this again, press star."
     ),
     # Right-party verification (voice/ivr/verify.py): asked before anything about the debt.
-    "verify_zip_code": (
-        "To protect your privacy, please enter the five digit ZIP code on your account."
-    ),
+    # Short: said on every call before the menu (measured in bench/ivr_latency.py).
+    "verify_zip_code": "For your privacy, please enter your five digit ZIP code.",
     "verify_postal_code": (
         "To protect your privacy, please enter the postal code on your account, "
         "followed by the pound key."
