@@ -63,9 +63,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    require_baresip()
+def start_fleet(data_dir: Path, **extra_env: str) -> Server:
+    """The fleet these tests use (more VOICE_* settings in `extra_env`), with Dana's softphone
+    login `alice`; the caller stops it (stop_server)."""
     gateway_port = free_port()
     extra = fleet_env(
         2,
@@ -78,8 +78,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         VOICE_GUARDRAILS_ENABLED="false",
         VOICE_GUARDRAILS_ALLOWED_DESTINATIONS="+12125550101,+12125550102",
         VOICE_AGENTS_RING_TIMEOUT="8",
+        **extra_env,
     )
-    srv = start_server(tmp_path_factory.mktemp("agent-fleet"), extra)
+    srv = start_server(data_dir, extra)
     srv.gateway_port = gateway_port  # type: ignore[attr-defined]
     try:
         env = {**os.environ, "VOICE_DATA_DIR": str(srv.data_dir)}
@@ -93,6 +94,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             check=False,
         )
         assert added.returncode == 0, added.stderr.decode()
+    except BaseException:
+        stop_server(srv)
+        raise
+    return srv
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    require_baresip()
+    srv = start_fleet(tmp_path_factory.mktemp("agent-fleet"))
+    try:
         yield srv
     finally:
         stop_server(srv)

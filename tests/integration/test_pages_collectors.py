@@ -18,17 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import soundfile
 from sqlalchemy import func, select, update
 
 from accounts.models import (
     Account,
     Call,
+    CallEvent,
     CallOutcome,
     Collector,
     Customer,
     Invoice,
     Note,
     Recording,
+    Transcript,
 )
 from accounts.webtables import WebSession
 from tests.integration.chromium import (
@@ -37,13 +40,14 @@ from tests.integration.chromium import (
     require_chromium,
     screenshot,
 )
-from tests.integration.conftest import Server, start_server, stop_server, wait_for, write_wav
+from tests.integration.conftest import Server, start_server, stop_server, wait_for
 from tests.integration.test_agent_fleet import (
     Gateway,
-    alice,  # noqa: F401  (fixture)
-    fleet,  # noqa: F401  (fixture)
+    alice,  # noqa: F401  (fixture; it rings in this module's `fleet`)
+    start_fleet,
 )
-from tests.integration.test_agent_transfer import CUSTOMER_SOUND, RATE, Softphone
+from tests.integration.test_agent_transfer import Softphone, require_baresip
+from tests.integration.test_spoken_menu import MODEL, phrase_wav
 
 pytestmark = pytest.mark.integration
 
@@ -284,10 +288,46 @@ def test_wrong_password_same_message_as_unknown_user(served: Server, browser: An
 
 
 # -- Make a Call through the real fleet -----------------------------------------------------
-# test_agent_fleet's fleet: Kamailio, two workers, Dana's baresip softphone `alice` registered
-# through Kamailio, the gateway (the customer's phone) played by the scripted pjsua2 UA.
-# Guardrails are off there (calling hours follow the wall clock); no speech model is loaded,
-# so the transcript part is left to the API tests with the Korean model.
+# test_agent_fleet's fleet (Kamailio, two workers, Dana's baresip softphone `alice` registered
+# through Kamailio, the gateway (the customer's phone) played by the scripted pjsua2 UA), here
+# with the Korean model transcribing both sides live. Guardrails are off there (calling hours
+# follow the wall clock).
+PHRASE = "마지막 결제"  # said by the customer once bridged (espeak-ng, Korean)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    require_chromium()
+    require_baresip()
+    env = {"VOICE_ASR_MODEL": MODEL, "VOICE_ASR_LANGUAGE": "ko"}
+    srv = start_fleet(tmp_path_factory.mktemp("collector-fleet"), **env)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+def _said(driver: Any) -> str:
+    """The caller's words on the page now (stored utterances and words in progress)."""
+    script = """
+      return [...document.querySelectorAll('#transcript li')]
+        .map(li => li.textContent).filter(t => t.startsWith('caller')).join(' | ');
+    """
+    return str(driver.execute_script(script))
+
+
+def fleet_transcript(server: Server, call_id: int) -> list[dict[str, Any]]:
+    with server.session() as session:
+        return Transcript.of_call(session, call_id)
+
+
+def _event_at(server: Server, call_id: int, kind: str) -> dt.datetime:
+    with server.session() as session:
+        at = session.scalar(
+            select(CallEvent.at).where(CallEvent.call_id == call_id, CallEvent.kind == kind)
+        )
+    assert at is not None, kind
+    return at
 
 
 def _kinds(driver: Any) -> list[str]:
@@ -301,24 +341,36 @@ def _kinds(driver: Any) -> list[str]:
     reason="Kamailio is not installed (make test installs it)",
 )
 def test_make_a_call_from_the_page_through_the_fleet(
-    fleet: Server,  # noqa: F811
+    fleet: Server,
     alice: Softphone,  # noqa: F811
     browser: Any,
     tmp_path: Any,
 ) -> None:
+    from selenium.webdriver.common.keys import Keys
+
     d, by = browser, _by()
     add_page_user(fleet, "dana", "collector", PASSWORD, "Dana Whitfield")
     base = f"http://127.0.0.1:{fleet.http_port}"
-    said = write_wav(tmp_path / "customer.wav", CUSTOMER_SOUND, RATE)
-    gateway = Gateway(fleet, tmp_path, f"wait:1;say:{said};wait:25;hangup", 60)
+    wav = phrase_wav(tmp_path, PHRASE, "ko", 140)
+    length = soundfile.info(str(wav)).duration
+    gateway = Gateway(fleet, tmp_path, f"wait:1;say:{wav};wait:25;hangup", 60)
     try:
         _keyboard_login(d, base, "dana", "/accounts/10042")
-        button = d.find_element(by.CSS_SELECTOR, 'form[action="/calls"] button')
-        button.click()
+        _tab_to(d, 'form[action="/calls"] button')  # Make a Call, by keyboard
+        _press(d, Keys.ENTER)
         _wait(d, lambda x: "/calls/" in x.current_url)
         call_id = int(d.current_url.rsplit("/", 1)[1])
         _wait(d, lambda x: "bridged" in _kinds(x), 30)  # over the event stream, no reload
         screenshot(d, "collectors-9-call-bridged")
+        # The customer's words appear as they are said: within 3 s of the phrase's end.
+        heard = _wait(d, lambda x: _said(x) or None, 20)
+        seen_at = dt.datetime.now(dt.UTC)
+        answered = _event_at(fleet, call_id, "customer_answered")
+        said_until = answered + dt.timedelta(seconds=1.0 + length)  # the UA waits 1 s first
+        assert (seen_at - said_until).total_seconds() < 3.0, (heard, seen_at, said_until)
+        # Free speech (no menu grammar) from espeak-ng: the model hears e.g. "막이 여제" for
+        # "마지막 결제", so the words are compared with what is stored, not with the phrase.
+        screenshot(d, "collectors-9b-words")
         for button_id in ("pause", "resume"):
             d.find_element(by.ID, button_id).click()
             _wait(d, lambda x: x.find_elements(by.ID, "save-outcome"))
@@ -346,6 +398,8 @@ def test_make_a_call_from_the_page_through_the_fleet(
     assert [(o.kind, o.amount_cents, o.promise_date.isoformat()) for o in outcomes] == [
         ("promise_to_pay", 50000, week)
     ]
+    stored = [t["text"] for t in fleet_transcript(fleet, call_id) if t["speaker"] == "caller"]
+    assert stored and all(text in _said(d) for text in stored), (stored, _said(d))
     d.execute_script("arguments[0].play()", audio)
     assert wait_for(lambda: d.execute_script("return arguments[0].currentTime", audio) > 0.3, 10)
     screenshot(d, "collectors-11-call-ended")

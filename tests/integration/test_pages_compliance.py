@@ -14,14 +14,8 @@ Screenshots go to tests/output/screens/ (gitignored).
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,39 +26,26 @@ from accounts.models import Recording
 from recordings.book import RecordingBook
 from recordings.capture import WavWriter
 from recordings.paths import path_for
-from tests.integration.conftest import REPO, Server, last_call_id, run_ua, start_server, stop_server
+from tests.integration.chromium import open_chromium, require_chromium, screenshot
+from tests.integration.chromium import voice_cli as _cli
+from tests.integration.conftest import Server, last_call_id, run_ua, start_server, stop_server
 from tests.integration.test_call_recording import closed_recording
 from voice.config import from_mapping
 
 pytestmark = pytest.mark.integration
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-SCREENS = REPO / "tests" / "output" / "screens"
 KNOWN = "+12125550101"  # account 10042, Dana Whitfield's
 PASSWORD = "correct horse battery staple"
 WORDS = [("i", 0.5, 0.7), ("paid", 0.8, 1.1), ("the", 1.2, 1.3), ("invoice", 2.2, 2.8)]
 
 
-def _cli(server: Server, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "VOICE_DATA_DIR": str(server.data_dir),
-        "VOICE_DATABASE_URL": server.db_url,
-    }
-    cmd = [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml"), *args]
-    return subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("chromium and chromedriver not installed (make test-system-deps)")
+    require_chromium()
     server = start_server(tmp_path_factory.mktemp("compliance-pages"))
     try:
         for name, role, collector in (
@@ -96,29 +77,13 @@ def recording(served: Server) -> Recording:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    options = Options()
-    options.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--window-size=1280,1000",
-        "--autoplay-policy=no-user-gesture-required",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+def browser() -> Iterator[object]:
+    with open_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _shot(driver: object, name: str) -> None:
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SCREENS / f"compliance-{name}.png"))  # type: ignore[attr-defined]
+    screenshot(driver, f"compliance-{name}")
 
 
 def _login(driver: object, server: Server, name: str) -> None:

@@ -38,7 +38,7 @@ from voice.api.params import int_id
 from voice.pages.outcome_form import EMPTY, outcome_post
 from voice.pages.web import SECURITY_HEADERS, page, read_form, render, see_other
 
-POLL_S = 0.5  # how often the stream looks at the call (the transcript grows per utterance)
+POLL_S = 0.25  # how often the stream looks at the call (the transcript grows per utterance)
 SETTLE_S = 8.0  # after hang-up, how long the stream waits for the last utterances
 MAX_STREAM_S = 4 * 3600.0  # a stream never outlives this, whatever the call does
 

@@ -28,7 +28,9 @@
     status.textContent = call.status.replace(/_/g, " ");
     progress.replaceChildren();
     for (const ev of call.events) {
-      item(progress, null, ev.kind.replace(/_/g, " ") + " ", null).dataset.kind = ev.kind;
+      const at = (ev.at || "").slice(11, 19);
+      item(progress, null, ev.kind.replace(/_/g, " ") + " " + at + " UTC", null).dataset.kind =
+        ev.kind;
     }
   });
 
