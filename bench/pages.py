@@ -22,7 +22,6 @@ import asyncio
 import datetime as dt
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import httpx  # noqa: E402
 from sqlalchemy import Engine, event, insert  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 
-from accounts.db import create_schema, make_engine, make_sessions  # noqa: E402
+from accounts.db import create_schema, make_sessions  # noqa: E402
 from accounts.logins import Passwords  # noqa: E402
 from accounts.models import (  # noqa: E402
     Account,
@@ -47,6 +46,7 @@ from accounts.models import (  # noqa: E402
     Payment,
 )
 from accounts.users import Users  # noqa: E402
+from bench.scratch import add_database_option, chosen, scratch_engine  # noqa: E402
 from bench.search import timed  # noqa: E402
 from voice.api import api_mount  # noqa: E402
 from voice.pages import pages_routes  # noqa: E402
@@ -264,17 +264,7 @@ def measure(engine: Engine, n: int) -> list[tuple[str, float, float, float, floa
 
 
 def run(database: str, n: int) -> None:
-    cluster = None
-    tmp = tempfile.TemporaryDirectory(prefix="bench-pages-")
-    if database == "postgresql":
-        from tests.pg import start_postgres
-
-        cluster = start_postgres()
-        url = cluster.url
-    else:
-        url = f"sqlite:///{Path(tmp.name) / 'bench.db'}"
-    engine = make_engine(url)
-    try:
+    with scratch_engine(database, "bench-pages-") as engine:
         create_schema(engine)
         start = time.perf_counter()
         notes = fill(engine, n)
@@ -287,11 +277,6 @@ def run(database: str, n: int) -> None:
         for name, p50, p95, d50, d95 in measure(engine, n):
             ratio = p95 / max(d95, 1e-6)
             print(f"  {name:<28}{p50:9.1f}{p95:9.1f}{d50:10.2f}{d95:10.2f}{ratio:11.1f}")
-    finally:
-        engine.dispose()
-        if cluster is not None:
-            cluster.stop()
-        tmp.cleanup()
 
 
 def main() -> None:
@@ -299,9 +284,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--accounts", type=int, default=100_000, help="default 100,000")
-    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
+    add_database_option(parser)
     args = parser.parse_args()
-    for database in ("sqlite", "postgresql") if args.database == "both" else (args.database,):
+    for database in chosen(args):
         run(database, args.accounts)
 
 

@@ -22,7 +22,6 @@ import datetime as dt
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import Engine, insert, text  # noqa: E402
 
 from accounts import textindex  # noqa: E402
-from accounts.db import create_schema, make_engine, make_sessions  # noqa: E402
+from accounts.db import create_schema, make_sessions  # noqa: E402
 from accounts.models import Account, Call, Collector, Customer, Recording, Transcript  # noqa: E402
+from bench.scratch import add_database_option, chosen, scratch_engine  # noqa: E402
 from recordings.search import RecordingFilter, RecordingSearch, Scope  # noqa: E402
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -256,17 +256,7 @@ def measure(engine: Engine, n: int) -> list[tuple[str, float, float, float, floa
 
 
 def run(database: str, n: int) -> None:
-    cluster = None
-    tmp = tempfile.TemporaryDirectory(prefix="bench-search-")
-    if database == "postgresql":
-        from tests.pg import start_postgres
-
-        cluster = start_postgres()
-        url = cluster.url
-    else:
-        url = f"sqlite:///{Path(tmp.name) / 'bench.db'}"
-    engine = make_engine(url)
-    try:
+    with scratch_engine(database, "bench-search-") as engine:
         create_schema(engine)
         drop_text_index(engine)
         start = time.perf_counter()
@@ -287,11 +277,6 @@ def run(database: str, n: int) -> None:
                 f"  {name:<26}{p50:9.1f}{p95:9.1f}{d50:12.2f}{d95:12.2f}"
                 f"{p95 / max(d95, 1e-6):11.1f}{found:7d}"
             )
-    finally:
-        engine.dispose()
-        if cluster is not None:
-            cluster.stop()
-        tmp.cleanup()
 
 
 def main() -> None:
@@ -299,9 +284,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("-n", type=int, default=1_000_000, help="recordings (default 1,000,000)")
-    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
+    add_database_option(parser)
     args = parser.parse_args()
-    for database in ("sqlite", "postgresql") if args.database == "both" else (args.database,):
+    for database in chosen(args):
         run(database, args.n)
 
 
