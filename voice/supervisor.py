@@ -38,6 +38,7 @@ from voice.fleet import WorkerSpec, run_dir, uses_kamailio, worker_specs
 from voice.ivr.clips import ClipLibrary
 
 log = logging.getLogger(__name__)
+HTTP_SHUTDOWN_S = 5  # seconds requests still running at shutdown get to finish
 
 HEALTH_TIMEOUT = 1.0  # seconds a worker may take to answer a health request
 STOP_GRACE = 15.0  # seconds beyond drain_timeout before a worker is killed
@@ -110,6 +111,9 @@ class Supervisor:
                 port=self.cfg.http.port,
                 log_level="warning",
                 lifespan="on",
+                # Open event streams (a live call's page) would hold shutdown until the browser
+                # goes away: after this long, what is still in flight is cancelled.
+                timeout_graceful_shutdown=HTTP_SHUTDOWN_S,
             )
         )
         server.install_signal_handlers = lambda: None  # signals are ours

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -412,3 +413,48 @@ def test_make_a_call_from_the_page_through_the_fleet(
             p for p in session.scalars(select(Recording.pauses).where(Recording.call_id == call_id))
         ]
     assert pauses and len(pauses[0]) == 1, pauses
+
+
+def test_an_open_event_stream_does_not_hold_shutdown(tmp_path: Any) -> None:
+    """A live call's page left open: SIGTERM still stops the server (voice/supervisor.py
+    HTTP_SHUTDOWN_S), where uvicorn alone would wait for the browser to go away."""
+    import signal
+    import threading
+
+    import httpx
+
+    server = start_server(tmp_path / "data")
+    try:
+        add_page_user(server, "dana", "collector", PASSWORD, "Dana Whitfield")
+        with server.session() as session, session.begin():
+            account = session.scalar(select(Account.id).where(Account.number == "10042"))
+            call = Call(direction="inbound", caller="+12125550101", callee="ivr",
+                        account_id=account, worker="w0", sip_call_id="open")  # fmt: skip
+            session.add(call)
+            session.flush()
+            call_id = call.id
+        client = httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}")
+        form = client.get("/login").text
+        token = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        data = {"csrf": token, "name": "dana", "password": PASSWORD, "next": "/"}
+        assert client.post("/login", data=data).status_code == 303
+        lines: list[str] = []
+
+        def listen() -> None:
+            try:
+                with client.stream("GET", f"/calls/{call_id}/events", timeout=60) as answer:
+                    lines.extend(answer.iter_lines())
+            except httpx.HTTPError:
+                lines.append("closed")
+
+        reader = threading.Thread(target=listen, daemon=True)
+        reader.start()
+        assert wait_for(lambda: "event: status" in lines, 10), lines
+        start = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(30)
+        assert time.monotonic() - start < 20
+        reader.join(10)
+        client.close()
+    finally:
+        stop_server(server)
