@@ -189,3 +189,29 @@ def test_throttle_is_raised_by_the_service(w: PagesWorld) -> None:
         assert passwords.login("sam", "wrong password", "10.0.0.1") is None
     with pytest.raises(Throttled):
         passwords.login("sam", PASSWORD, "10.0.0.1")
+
+
+def test_every_page_but_login_needs_a_session_and_declares_its_roles() -> None:
+    """The pages' role matrix: a route is either `@page(...)` (roles declared) or one of the
+    few that must work logged out."""
+    from starlette.routing import Mount, Route
+
+    from voice.pages import pages_routes
+
+    [mount] = pages_routes(None)  # type: ignore[arg-type]
+    assert isinstance(mount, Mount)
+    public, guarded = set(), {}
+    for route in mount.app.routes:  # type: ignore[attr-defined]
+        if isinstance(route, Route):
+            roles = getattr(route.endpoint, "roles", None)
+            for method in sorted((route.methods or set()) - {"HEAD"}):
+                key = f"{method} {route.path}"
+                if roles is None:
+                    public.add(key)
+                else:
+                    guarded[key] = roles
+    assert public == {"GET /", "GET /login", "POST /login"}
+    assert guarded["GET /today"] == {"collector", "supervisor", "admin"}
+    assert guarded["POST /calls"] == {"collector"}
+    assert "compliance" not in guarded["POST /accounts/{number}/notes"]
+    assert guarded["GET /accounts/{number}"] >= {"collector", "compliance"}
