@@ -372,14 +372,21 @@ def test_make_a_call_from_the_page_through_the_fleet(
         # Free speech (no menu grammar) from espeak-ng: the model hears e.g. "막이 여제" for
         # "마지막 결제", so the words are compared with what is stored, not with the phrase.
         screenshot(d, "collectors-9b-words")
+        # Pause, Resume and the outcome by keyboard (a radio group is one Tab stop: Space
+        # picks the focused option); only the date picker's value is set by script.
         for button_id in ("pause", "resume"):
-            d.find_element(by.ID, button_id).click()
+            _tab_to(d, f"#{button_id}")
+            _press(d, Keys.ENTER)
             _wait(d, lambda x: x.find_elements(by.ID, "save-outcome"))
         week = (dt.date.today() + dt.timedelta(days=7)).isoformat()
-        d.find_element(by.ID, "kind-promise_to_pay").click()
-        d.find_element(by.ID, "amount").send_keys("500.00")
+        _tab_to(d, "#kind-reached")
+        _press(d, Keys.RIGHT, Keys.RIGHT, Keys.RIGHT, Keys.SPACE)
+        assert d.find_element(by.ID, "kind-promise_to_pay").is_selected()
+        _tab_to(d, "#amount")
+        _press(d, "500.00")
         d.execute_script(f"document.getElementById('date').value = '{week}'")
-        d.find_element(by.ID, "save-outcome").click()
+        _tab_to(d, "#save-outcome")
+        _press(d, Keys.ENTER)
         _wait(d, lambda x: "marked=promise_to_pay" in x.current_url)
         screenshot(d, "collectors-10-outcome-saved")
         (report,) = gateway.reports(60)  # the customer hangs up
