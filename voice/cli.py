@@ -37,11 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("kind", choices=["accounts", "contacts", "invoices", "payments"])
     imp.add_argument("file", type=Path)
     sub.add_parser("init-db", help="create the database schema (and demo data if configured)")
+    demo = sub.add_parser("demo", help="add a large generated portfolio (try the pages at scale)")
+    demo.add_argument("--accounts", type=int, required=True, help="how many accounts, 1-1000000")
     _add_softphones_parser(sub)
     _add_users_parser(sub)
     recordings_cli.add_parser(sub)
     models_cli.add_parser(sub)
-    for p in (serve, worker, zygote, ctl, imp, sub.choices["init-db"]):
+    for p in (serve, worker, zygote, ctl, imp, sub.choices["init-db"], demo):
         p.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return recordings_cli.run(cfg, args, _sessions(cfg))
     if args.command == "models":
         return models_cli.run(cfg, args)
+    if args.command == "demo":
+        return _demo(cfg, args.accounts)
     return _init_db(cfg)
 
 
@@ -176,6 +180,23 @@ def _init_db(cfg: config_mod.Config) -> int:
     if cfg.accounts.demo_data and load_demo_if_empty(sessions):
         print("voice: demo data loaded")
     print(f"voice: database ready at {cfg.database_url}")
+    return 0
+
+
+def _demo(cfg: config_mod.Config, accounts: int) -> int:
+    from accounts.db import make_engine
+    from accounts.portfolio import PortfolioError, fill
+
+    if not 1 <= accounts <= 1_000_000:
+        print("voice: --accounts must be from 1 to 1000000", file=sys.stderr)
+        return 2
+    _sessions(cfg)  # the schema
+    try:
+        notes = fill(make_engine(cfg.database_url, cfg.database.busy_timeout_ms), accounts)
+    except PortfolioError as exc:
+        print(f"voice: {exc}", file=sys.stderr)
+        return 1
+    print(f"voice: added {accounts:,} accounts with {notes:,} notes for 50 collectors")
     return 0
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.demo import load_demo_if_empty
@@ -136,3 +136,29 @@ def test_paid_invoices_weigh_nothing(sessions: object) -> None:
     with sessions() as session:  # type: ignore[attr-defined]
         [s] = [s for s in standings(session, None, today) if s.number == "10042"]
     assert (s.past_due_cents, s.weight, s.oldest_due) == (0, 0, None)
+
+
+def test_a_generated_portfolio_next_to_the_demo_data(sessions: object) -> None:
+    from accounts.models import Contact, Customer, Note
+    from accounts.portfolio import COLLECTORS, PortfolioError, fill, phone
+
+    engine = sessions.kw["bind"]  # type: ignore[attr-defined]
+    notes = fill(engine, 120)
+    with sessions() as session:  # type: ignore[attr-defined]
+        count = {
+            t.__tablename__: session.scalar(select(func.count()).select_from(t))
+            for t in (Account, Customer, Note, Collector)
+        }
+        seventh = session.scalar(select(Collector.id).where(Collector.name == "Collector 07"))
+        mine = standings(session, seventh, dt.date.today())
+        numbers = set(session.scalars(select(Contact.phone_e164)))
+    assert count == {"accounts": 4 + 120, "customers": 3 + 120, "notes": notes,
+                     "collectors": 2 + COLLECTORS}  # fmt: skip
+    assert 5 * 120 <= notes <= 15 * 120
+    assert len(mine) == 120 // COLLECTORS + (1 if 120 % COLLECTORS > 7 else 0)
+    assert any(s.weight > 0 for s in order(mine))
+    assert all("55501" in n for n in numbers if n not in ("+12125550101", "+12125550102",
+                                                          "+12125550103"))  # fmt: skip
+    assert phone(0) == "+120055501" + "00"
+    with pytest.raises(PortfolioError):
+        fill(engine, 1)
