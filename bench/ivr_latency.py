@@ -73,11 +73,11 @@ def time_to_menu(calls: int) -> None:
             clips = ClipLibrary(
                 TtsConfig(), data / "cache" / "tts", data / "prompts", "Acme Receivables"
             )
-            menu = clips.render(["menu"])[: 2 * SAMPLE_RATE]
+            menu = clips.render(["menu"])[: SAMPLE_RATE]  # its first second
             spoken = sum(len(clips.render([key])) for key in BEFORE_MENU) / SAMPLE_RATE
             notice = len(clips.render(["recording_notice"])) / SAMPLE_RATE
             scripts = {
-                "waits for each prompt": "audio;silence:1200:60;dtmf:10001;audio;wait:3;hangup",
+                "waits for each prompt": "audio;silence:1200:60;dtmf:10001;audio;wait:4;hangup",
                 "types the ZIP ahead": f"audio;wait:{notice + 0.3:.1f};dtmf:10001;wait:16;hangup",
             }
             first = True
