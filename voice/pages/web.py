@@ -105,12 +105,12 @@ def page(*roles: str) -> Callable[[Handler], Endpoint]:
     def decorate(handler: Handler) -> Endpoint:
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
-            opened = await run_in_threadpool(_open, request)
+            opened, unhandled = await run_in_threadpool(_open, request)
             if opened is None:
                 return to_login(request)
             user = opened.user
             request.state.user, request.state.csrf = user, opened.csrf
-            request.state.unhandled = await run_in_threadpool(_unhandled, request, user)
+            request.state.unhandled = unhandled
             if user.role not in allowed:
                 reason = await refuse_role(request, user, allowed)
                 return render(request, user, "error.html", status=403, message=reason)
@@ -190,8 +190,10 @@ def web_sessions(request: Request) -> WebSessions:
     return WebSessions(sessions_of(request), idle, clock_of(request))
 
 
-def _open(request: Request) -> Opened | None:
-    return web_sessions(request).find(request.cookies.get(COOKIE))
+def _open(request: Request) -> tuple[Opened | None, int | None]:
+    """The request's session and the header's voicemail count (one trip to the thread pool)."""
+    opened = web_sessions(request).find(request.cookies.get(COOKIE))
+    return opened, _unhandled(request, opened.user) if opened else None
 
 
 def _unhandled(request: Request, user: Principal) -> int | None:
