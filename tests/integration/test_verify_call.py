@@ -86,6 +86,14 @@ def was_heard(audio: np.ndarray, clip: np.ndarray) -> bool:
     return bool(scores) and min(scores) > 0.6 and jump < 0.1
 
 
+def assert_no_balance_heard(audio: np.ndarray, clips: ClipLibrary, cents: int) -> None:
+    # The "not verified" sentence was heard (the positive control of the negative below) ...
+    assert was_heard(audio, clips.render(["verify_failed"]))
+    # ... and no clip that tells the balance: the sentence, nor the amount.
+    assert best_match(audio, clips.render(["balance_open"]))[0] < 0.5
+    assert best_match(audio, clips.render(say.money(cents, "USD")))[0] < 0.5
+
+
 def verify_results(server: Server, call_id: int) -> list[str]:
     return [d["result"] for kind, d in events_of(server, call_id) if kind == "verify"]
 
@@ -129,12 +137,7 @@ def test_three_wrong_postal_codes_hear_no_amount(
     assert report["code"] == 200 and not report["error"], report
     call_id = last_call_id(server, KNOWN)
     assert verify_results(server, call_id) == ["wrong", "wrong", "wrong"]
-    audio = heard(report)
-    # The "not verified" sentence was heard (the positive control of the negative below) ...
-    assert was_heard(audio, clips.render(["verify_failed"]))
-    # ... and no clip that tells the balance: the sentence, nor the amount.
-    assert best_match(audio, clips.render(["balance_open"]))[0] < 0.5
-    assert best_match(audio, clips.render(say.money(173000, "USD")))[0] < 0.5
+    assert_no_balance_heard(heard(report), clips, 173000)
     note = note_of(server, call_id)
     assert "Caller not verified: 3 wrong postal codes in 3 tries" in note
     assert "balance:" not in note and "invalid key 1" in note
@@ -151,9 +154,7 @@ def test_stranger_keying_an_account_number_hears_nothing_about_it(
     [report] = run_ua(server, steps, caller=STRANGER, record=tmp_path / "heard")
     assert report["code"] == 200 and not report["error"], report
     call_id = last_call_id(server, STRANGER)
-    audio = heard(report)
-    assert best_match(audio, clips.render(["balance_open"]))[0] < 0.5
-    assert best_match(audio, clips.render(say.money(425000, "USD")))[0] < 0.5
+    assert_no_balance_heard(heard(report), clips, 425000)
     note = note_of(server, call_id)
     assert "Account 30003 identified by account number on keypad." in note
     assert "Caller not verified" in note and "4,250.00" not in note

@@ -4,14 +4,12 @@ new optional columns."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from accounts.db import create_schema, make_engine, make_sessions
 from accounts.importer import CsvImportError, import_csv
 from accounts.models import Account, AuditEntry
 from accounts.promises import CallPromises
@@ -43,11 +41,8 @@ HOUR = dt.timedelta(hours=1)
 
 
 @pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    create_schema(engine)
-    yield make_sessions(engine)
-    engine.dispose()
+def sessions(db_sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    return db_sessions
 
 
 @pytest.fixture
