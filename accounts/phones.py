@@ -58,6 +58,11 @@ def normalize(raw: str, region: str = "US") -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+# A number in E.164 as stored and dialled: "+", a country code not starting with 0, 15 digits
+# at most. The one pattern config, guardrails and dial-out check numbers against.
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
 def caller_e164(raw: str | None, region: str) -> str | None:
     """E.164 of a caller ID, or None when it is missing, withheld or unparseable."""
     if raw is None:

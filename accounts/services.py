@@ -7,7 +7,6 @@ Each method opens and closes its own session so callers never hold a database co
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -29,10 +28,14 @@ from accounts.models import (
     utcnow,
 )
 from accounts.phones import caller_e164
-from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
+from accounts.views import (
+    AccountSummary,
+    Balance,
+    InvoiceSummary,
+    PaymentSummary,
+    keyed_number,
+)
 from accounts.webhook import TRANSCRIPT_EVENT
-
-_NUMBER_SEPARATORS = re.compile(r"[\s\-]+")
 
 
 class UnknownAccount(LookupError):
@@ -80,7 +83,7 @@ class Ledger:
             return [_summary(account, name) for account, name in session.execute(stmt)]
 
     def account_by_number(self, number: str) -> AccountSummary | None:
-        cleaned = _NUMBER_SEPARATORS.sub("", number)
+        cleaned = keyed_number(number)
         if not cleaned:
             return None
         base = select(Account, Customer.name).join(Customer, Customer.id == Account.customer_id)

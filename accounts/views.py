@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
+
+_NUMBER_SEPARATORS = re.compile(r"[\s\-]+")
+
+
+def keyed_number(number: str) -> str:
+    """An account number as a caller keys it: stored numbers may be formatted ("A-100 7")."""
+    return _NUMBER_SEPARATORS.sub("", number)
 
 
 @dataclass(frozen=True)

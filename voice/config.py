@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accounts.phones import E164
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown or has an invalid value; the message names the key."""
@@ -311,7 +313,6 @@ class WebhookConfig:
 # An allowed destination: "+" and digits, optionally ending in "*" (any further digits).
 _DESTINATION_PATTERN = re.compile(r"\+(?:[1-9][0-9]{0,14})?\*|\+[1-9][0-9]{1,14}")
 _CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
 
 @dataclass(frozen=True)
@@ -346,7 +347,7 @@ class GuardrailsConfig:
                     f"guardrails.allowed_destinations: {pattern!r} is not '+' and digits, "
                     f"optionally ending in '*' (e.g. '+1*', '+4420*', '+12125550101')"
                 )
-        if self.caller_id and not _E164.fullmatch(self.caller_id):
+        if self.caller_id and not E164.fullmatch(self.caller_id):
             raise ConfigError(
                 f'guardrails.caller_id: expected an E.164 number like +12125550100 or "", '
                 f"got {self.caller_id!r}"

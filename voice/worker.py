@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from accounts import attempts
 from accounts.db import make_engine, make_sessions
+from accounts.phones import E164
 from accounts.promises import CallPromises
 from accounts.retry import retry_db
 from accounts.services import CallJournal, Ledger
@@ -406,10 +407,10 @@ class Worker(Events):
         assert self.engine is not None
         if self.spec.proxy is None:
             raise RuntimeError("click-to-call needs Kamailio (workers.count != 1)")
-        if not outbound.E164.fullmatch(str(customer)):
+        if not E164.fullmatch(str(customer)):
             raise ValueError("'customer' must be an E.164 number like +12125550101")
         caller_id = caller_id or self.cfg.guardrails.caller_id
-        if caller_id and not outbound.E164.fullmatch(caller_id):
+        if caller_id and not E164.fullmatch(caller_id):
             raise ValueError("'caller_id' must be an E.164 number or empty")
         if not isinstance(user, str) or not 1 <= len(user) <= 100:
             raise ValueError("'user' must name who asked (1-100 characters)")

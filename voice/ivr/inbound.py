@@ -8,13 +8,18 @@ call event, and the call's note is written in `finally`, so a hang-up mid-menu s
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from accounts.money import money_text
-from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
+from accounts.views import (
+    AccountSummary,
+    Balance,
+    InvoiceSummary,
+    PaymentSummary,
+    keyed_number,
+)
 from voice.config import IvrConfig
 from voice.ivr import say
 from voice.ivr.call import Call, HangUp
@@ -39,8 +44,6 @@ SPOKEN_MENU: dict[str, str] = {option: key for key, option in MENU.items()}
 UNVERIFIED_SPOKEN_MENU: dict[str, str] = {option: key for key, option in UNVERIFIED_MENU.items()}
 
 
-# Stored account numbers may be formatted ("A-100 7"); callers key digits only.
-_NUMBER_SEPARATORS = re.compile(r"[\s\-]+")
 
 
 class Ledger(Protocol):
@@ -157,7 +160,7 @@ class InboundFlow:
             chosen = [
                 a
                 for a in matches
-                if len(digits) == 4 and _NUMBER_SEPARATORS.sub("", a.number).endswith(digits)
+                if len(digits) == 4 and keyed_number(a.number).endswith(digits)
             ]
             if len(chosen) == 1:
                 return await self._identified(chosen[0], "caller ID and last 4 digits")

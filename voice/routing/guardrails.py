@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,13 +49,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from accounts import attempts, audit
 from accounts.models import Account, utcnow
 from accounts.outcomes import last_conversation
+from accounts.phones import E164
 from accounts.services import UnknownAccount
 from voice.config import GuardrailsConfig
 
 log = logging.getLogger(__name__)
 
 REFUSED = "call.refused"  # audit action of `record_refusal`
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
 Clock = Callable[[], dt.datetime]
 
@@ -79,7 +78,7 @@ class Refusal:
 
 def destination_allowed(patterns: tuple[str, ...], e164: str) -> bool:
     """Does `e164` match one of `patterns` (exact, or a prefix before a trailing "*")?"""
-    if not _E164.fullmatch(e164):
+    if not E164.fullmatch(e164):
         return False
     return any(e164.startswith(p[:-1]) if p.endswith("*") else e164 == p for p in patterns)
 
@@ -87,7 +86,7 @@ def destination_allowed(patterns: tuple[str, ...], e164: str) -> bool:
 def check_destination(cfg: GuardrailsConfig, e164: str) -> Refusal | None:
     if destination_allowed(cfg.allowed_destinations, e164):
         return None
-    if not _E164.fullmatch(e164):
+    if not E164.fullmatch(e164):
         reason = f"destination {e164!r} is not an E.164 number (+ and up to 15 digits)"
     else:
         allowed = ", ".join(cfg.allowed_destinations) or "none"

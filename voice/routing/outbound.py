@@ -23,7 +23,6 @@ the refusal goes to the audit log.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 STATUS_EVENTS = {
     "click_to_call": "requested",
     "softphone_call": "requested",
