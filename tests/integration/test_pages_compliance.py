@@ -36,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 KNOWN = "+12125550101"  # account 10042, Dana Whitfield's
@@ -95,6 +96,16 @@ def _login(driver: object, server: Server, name: str) -> None:
     WebDriverWait(d, 10).until(lambda x: "/login" not in x.current_url)
 
 
+def _post(driver: object, button: str, by: str = By.ID) -> None:
+    """Click a form's button and wait for the page it leads to (the old one goes stale)."""
+    old = driver.find_element(By.TAG_NAME, "html")  # type: ignore[attr-defined]
+    driver.find_element(by, button).click()  # type: ignore[attr-defined]
+    WebDriverWait(driver, 15).until(staleness_of(old))
+    WebDriverWait(driver, 15).until(
+        lambda x: x.execute_script("return document.readyState") == "complete"
+    )
+
+
 def _current_time(driver: object) -> float:
     script = "return document.getElementById('player').currentTime"
     return float(driver.execute_script(script))  # type: ignore[attr-defined]
@@ -108,7 +119,7 @@ def test_compliance_finds_plays_verifies_holds_and_audits(
     _login(d, served, "cora")
     d.get(f"{base}/recordings")  # type: ignore[attr-defined]
     d.find_element(By.ID, "f-phone").send_keys("(212) 555-0101")  # type: ignore[attr-defined]
-    d.find_element(By.CSS_SELECTOR, "form.filters button").click()  # type: ignore[attr-defined]
+    _post(d, "form.filters button", By.CSS_SELECTOR)
     link = WebDriverWait(d, 10).until(
         lambda x: x.find_element(By.CSS_SELECTOR, f'#results a[href="/recordings/{recording.id}"]')
     )
@@ -133,23 +144,22 @@ def test_compliance_finds_plays_verifies_holds_and_audits(
     d.execute_script("document.getElementById('player').pause()")  # type: ignore[attr-defined]
 
     # Verify: a match; then one byte changed on disk: a mismatch, as the command line says.
-    d.find_element(By.ID, "verify").click()  # type: ignore[attr-defined]
-    result = WebDriverWait(d, 10).until(lambda x: x.find_element(By.ID, "verify-result"))
-    assert result.text == "match"
+    _post(d, "verify")
+    assert d.find_element(By.ID, "verify-result").text == "match"  # type: ignore[attr-defined]
     audio = path_for(recording, served.data_dir / "recordings")
     data = bytearray(audio.read_bytes())
     data[len(data) // 2] ^= 0x01
     audio.write_bytes(bytes(data))
-    d.find_element(By.ID, "verify").click()  # type: ignore[attr-defined]
-    WebDriverWait(d, 10).until(lambda x: x.find_element(By.ID, "verify-result").text == "mismatch")
+    _post(d, "verify")
+    assert d.find_element(By.ID, "verify-result").text == "mismatch"  # type: ignore[attr-defined]
     _shot(d, "4-mismatch")
     cli = _cli(served, "recordings", "verify")
     assert cli.returncode == 1 and str(recording.id) in cli.stdout + cli.stderr, cli
 
     # A legal hold keeps the file through a purge, even past retention.
     d.find_element(By.ID, "reason").send_keys("Matter 2026-17")  # type: ignore[attr-defined]
-    d.find_element(By.ID, "hold-button").click()  # type: ignore[attr-defined]
-    WebDriverWait(d, 10).until(lambda x: "On hold" in x.find_element(By.ID, "hold-state").text)
+    _post(d, "hold-button")
+    assert "On hold" in d.find_element(By.ID, "hold-state").text  # type: ignore[attr-defined]
     _shot(d, "5-hold")
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=4 * 365)
     with served.engine.begin() as conn:
