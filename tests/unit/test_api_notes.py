@@ -251,7 +251,9 @@ def test_openapi_lists_every_route_with_its_roles(sqlite_world: World) -> None:
     assert documented == routes
     audit = spec["paths"]["/api/audit"]["get"]
     assert audit["x-roles"] == ["admin", "compliance"]
-    assert {p["name"] for p in audit["parameters"]} == {"since", "user", "action", "after", "limit"}
+    assert {p["name"] for p in audit["parameters"]} == {
+        "since", "until", "user", "action", "target", "after", "limit"
+    }  # fmt: skip
     assert spec["paths"]["/api/openapi.json"]["get"]["security"] == []
     post = spec["paths"]["/api/accounts/{number}/notes"]["post"]
     assert "201" in post["responses"] and "requestBody" in post
