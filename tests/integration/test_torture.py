@@ -36,7 +36,20 @@ import pytest
 from tests.integration.rawsip import exchange
 
 REPO = Path(__file__).resolve().parents[2]
-MESSAGES = REPO.parent / "shared" / "rfc4475"
+# The messages are provided beside the checkout (../shared), not in it; a clone elsewhere names
+# them with VOICE_TEST_RFC4475, else the machine's copy in /work/shared is used.
+MESSAGES = next(
+    (
+        path
+        for path in (
+            Path(os.environ.get("VOICE_TEST_RFC4475", REPO.parent / "shared" / "rfc4475")),
+            REPO.parent / "shared" / "rfc4475",
+            Path("/work/shared/rfc4475"),
+        )
+        if (path / "sdp01.dat").is_file()
+    ),
+    REPO.parent / "shared" / "rfc4475",
+)
 KNOWN = "+12125550101"  # demo account 10042: the live call is filed on it
 # The live call: the balance, then the key again every 12 s (the IVR ends a call after three
 # menus with no key) while the messages go out, then the caller hangs up.
