@@ -89,6 +89,19 @@ def received_messages(trace: str) -> list[str]:
     return [message for _, way, message in trace_messages(trace) if way == "received"]
 
 
+def invite_answers(trace: str) -> list[str]:
+    """The 2xx answers to INVITE a sipp -trace_msg log received (retransmissions included)."""
+    return [
+        m for m in received_messages(trace)
+        if m.startswith("SIP/2.0 2") and re.search(r"(?im)^CSeq:\s*\d+\s+INVITE", m)
+    ]  # fmt: skip
+
+
+def call_ids(messages: list[str]) -> set[str]:
+    """Distinct Call-IDs among `messages` (a UDP retransmission is the same call)."""
+    return {m.group(1) for m in (re.search(r"(?im)^Call-ID:\s*(\S+)", x) for x in messages) if m}
+
+
 def answer_seconds(trace: str) -> float:
     """From the caller's first INVITE to the 200 OK that answered it."""
     entries = trace_messages(trace)
@@ -128,11 +141,13 @@ class Lab:
         return front
 
     async def sipp_uas(
-        self, port: int, scenario: str = "kam_uas.xml", ip: str = "127.0.0.1"
+        self, port: int, scenario: str = "kam_uas.xml", ip: str = "127.0.0.1", pause_ms: int = 0
     ) -> Peer:
-        """A fake worker or gateway: answers INVITEs (200, or per scenario), OPTIONS with 200."""
+        """A fake worker or gateway: answers INVITEs (200, or per scenario), OPTIONS with 200.
+
+        `pause_ms` is the length of the scenario's `<pause/>` (sipp -d)."""
         log = self.tmp / f"uas-{port}.log"
-        which = ["-sf", scenario]
+        which = ["-sf", scenario] + (["-d", str(pause_ms)] if pause_ms else [])
         peer = await self._spawn(
             [require_sipp(), *which, "-i", ip, "-p", str(port), "-aa", "-mp", str(free_port())]
             + ["-nostdin", "-trace_msg", "-message_file", str(log)],
@@ -380,6 +395,39 @@ async def test_trunk_call_fails_over_from_a_503_worker_to_the_next(lab: Lab) -> 
         assert "mallory" not in invite and "X-Voice-Softphone" not in invite
         assert "X-Voice-Source: softphone" not in invite
     assert front.worker_states()["w0"][0] == "A"  # busy is not dead: still active
+
+
+async def test_a_worker_that_said_trying_is_waited_for_not_failed_over(lab: Lab) -> None:
+    # A loaded worker: 100 Trying at once, 200 only after twice fail_over_ms. Its 100 says the
+    # call is being set up there; another worker must never get the same INVITE.
+    w0, w1 = worker("w0"), worker("w1")
+    slow = [await lab.sipp_uas(w.port, "kam_uas_slow.xml", pause_ms=2 * FAIL_OVER_MS)
+            for w in (w0, w1)]  # fmt: skip
+    front = await lab.front([w0, w1])
+    for _ in range(2):
+        result = await sipp_uac(front, lab.tmp, service="ivr", ip=TRUNK_IP)
+        assert result.code == 0, result.output + explain(front, *slow)
+        assert result.answered_in >= 2 * FAIL_OVER_MS / 1000 - 0.1, result.answered_in
+        assert len(invite_answers(result.trace)) == 1, result.statuses
+    # Round-robin, no fail-over: one call each (Kamailio's UDP retransmissions aside).
+    assert [len(call_ids(p.received("INVITE"))) for p in slow] == [1, 1]
+    assert "did not answer in time" not in front.log_tail()
+
+
+async def test_a_worker_answering_500_is_not_retried_elsewhere(lab: Lab) -> None:
+    # 500: the worker failed on this call after it may have started it; trying the next worker
+    # could place it twice. Only 486 and 503 (refused before anything started) fail over.
+    broken, ok = worker("w0"), worker("w1")
+    broken_uas = await lab.sipp_uas(broken.port, "kam_uas_500.xml")
+    ok_uas = await lab.sipp_uas(ok.port)
+    front = await lab.front([broken, ok])
+    results = [await sipp_uac(front, lab.tmp, service="ivr", ip=TRUNK_IP) for _ in range(2)]
+    # Round-robin: one call met the broken worker and its caller got the 500.
+    assert sorted(r.code == 0 for r in results) == [False, True], [r.statuses for r in results]
+    [failed] = [r for r in results if r.code != 0]
+    assert failed.statuses[-1].startswith("SIP/2.0 500"), failed.statuses
+    assert len(call_ids(broken_uas.received("INVITE"))) == 1
+    assert len(call_ids(ok_uas.received("INVITE"))) == 1
 
 
 async def test_a_killed_worker_is_skipped_within_fail_over_ms(lab: Lab) -> None:
