@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts import (
+    transcription,  # noqa: F401  (the after-call transcription jobs, on Base)
     verification,  # noqa: F401  (its tables join Base's metadata)
     webtables,  # noqa: F401  (the pages' tables, on Base)
 )

@@ -154,6 +154,24 @@ class Ledger:
 _FINAL_STATUSES = tuple(s for s in CALL_STATUSES if s != "in_progress")
 
 
+def owe_transcript(session: Session, call_id: int) -> bool:
+    """Queue a `note.transcript` delivery of the call's note, in the caller's transaction
+    (also when an after-call transcript lands: accounts/transcription.py)."""
+    note_id = session.scalar(
+        select(Note.id).where(Note.call_id == call_id, Note.kind == "call").limit(1)
+    )
+    said = session.scalar(select(Transcript.id).where(Transcript.call_id == call_id))
+    if note_id is None or said is None:
+        return False
+    now = utcnow()
+    session.add(
+        WebhookOutbox(
+            event=TRANSCRIPT_EVENT, note_id=note_id, created_at=now, attempts=0, next_attempt_at=now
+        )
+    )
+    return True
+
+
 class CallJournal:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
@@ -183,22 +201,14 @@ class CallJournal:
             session.flush()
             return call.id
 
-    def answered(self, call_id: int, *, at: dt.datetime | None = None) -> None:
-        """`at`: when it was answered, for a write made later (accounts/write_behind.py)."""
+    def answered(self, call_id: int) -> None:
         with self._sessions.begin() as session:
             call = self._get(session, call_id)
             # Keep the first answer time if a re-INVITE reports it again.
             if call.answered_at is None:
-                call.answered_at = at or utcnow()
+                call.answered_at = utcnow()
 
-    def add_event(
-        self,
-        call_id: int,
-        kind: str,
-        detail: dict[str, Any] | None = None,
-        *,
-        at: dt.datetime | None = None,
-    ) -> None:
+    def add_event(self, call_id: int, kind: str, detail: dict[str, Any] | None = None) -> None:
         with self._sessions.begin() as session:
             self._get(session, call_id)
             last_seq = select(func.max(CallEvent.seq)).where(CallEvent.call_id == call_id)
@@ -207,7 +217,7 @@ class CallJournal:
                 CallEvent(
                     call_id=call_id,
                     seq=(last or 0) + 1,
-                    at=at or utcnow(),
+                    at=utcnow(),
                     kind=kind,
                     detail=dict(detail or {}),
                 )
@@ -252,23 +262,7 @@ class CallJournal:
         utterance was stored).
         """
         with self._sessions.begin() as session:
-            note_id = session.scalar(
-                select(Note.id).where(Note.call_id == call_id, Note.kind == "call").limit(1)
-            )
-            said = session.scalar(select(Transcript.id).where(Transcript.call_id == call_id))
-            if note_id is None or said is None:
-                return False
-            now = utcnow()
-            session.add(
-                WebhookOutbox(
-                    event=TRANSCRIPT_EVENT,
-                    note_id=note_id,
-                    created_at=now,
-                    attempts=0,
-                    next_attempt_at=now,
-                )
-            )
-            return True
+            return owe_transcript(session, call_id)
 
     def set_account(self, call_id: int, account_id: int) -> None:
         with self._sessions.begin() as session:
@@ -284,7 +278,6 @@ class CallJournal:
         end_reason: str,
         summary: str,
         author: str = "ivr",
-        at: dt.datetime | None = None,
     ) -> int | None:
         """Close the call and, if it reached an account, file its note; returns the note id.
 
@@ -297,7 +290,7 @@ class CallJournal:
             call = self._get(session, call_id)
             if call.status != "in_progress":
                 raise ValueError(f"call {call_id} is already finished ({call.status})")
-            now = at or utcnow()
+            now = utcnow()
             call.status = status
             call.end_reason = end_reason
             call.summary = summary

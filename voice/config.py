@@ -155,11 +155,21 @@ DEFAULT_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# Where a call's transcript comes from (README, "After-call transcripts"): recognised live,
+# from the recording after the call, live with an after-call job only when the live one fell
+# short, or not at all (spoken menus still work).
+TRANSCRIBE_MODES = ("live+after", "live", "after", "off")
+
+
 @dataclass(frozen=True)
 class AsrConfig:
     model: str = ""
     language: str = "en"
-    transcribe: bool = True
+    transcribe: str = "live+after"
+    # After-call transcription processes `voice serve` starts: -1 = one per core but one (at
+    # least 1; they run niced, on what live calls leave), 0 = none. SQLite: at most 1.
+    transcribers: int = -1
+    after_backoff: float = 30.0  # seconds before a failed job's first retry (doubling)
     spoken_menu: bool = True
     phrases: dict[str, dict[str, tuple[str, ...]]] = field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PHRASES.items()}
@@ -180,6 +190,13 @@ class AsrConfig:
         _check_range("asr.max_archive_mb", self.max_archive_mb, 1, 1_000_000)
         _check_range("asr.max_unpacked_mb", self.max_unpacked_mb, 1, 1_000_000)
         _check_range("asr.max_files", self.max_files, 1, 1_000_000)
+        if self.transcribe not in TRANSCRIBE_MODES:
+            raise ConfigError(
+                f"asr.transcribe: one of {', '.join(map(repr, TRANSCRIBE_MODES))}, "
+                f"got {self.transcribe!r} (false is now \"off\", true \"live+after\")"
+            )
+        _check_range("asr.transcribers", self.transcribers, -1, 64)
+        _check_range("asr.after_backoff", self.after_backoff, 0.0, 86400.0)
         if self.spoken_menu and self.language not in self.phrases:
             raise ConfigError(
                 f"asr.language: no [asr.phrases.{self.language}] table "
@@ -192,6 +209,24 @@ class AsrConfig:
                 PhraseSet.from_mapping(table, language)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+
+    @property
+    def live(self) -> bool:
+        """Calls are transcribed live (their caller's and collector's streams)."""
+        return self.transcribe in ("live", "live+after")
+
+    @property
+    def transcripts(self) -> bool:
+        """Calls get transcripts at all (the IVR's rendered side included)."""
+        return self.transcribe != "off"
+
+    def resolved_transcribers(self, cpus: int | None = None) -> int:
+        """How many after-call transcription processes to run (0 when no job is ever made)."""
+        if self.transcribe in ("live", "off"):
+            return 0
+        if self.transcribers >= 0:
+            return self.transcribers
+        return max(1, (cpus or os.cpu_count() or 1) - 1)
 
     def phrase_set(self) -> Any:
         """The `PhraseSet` of `language`, or None when spoken menus are off."""

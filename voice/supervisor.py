@@ -33,6 +33,7 @@ from recordings.book import RecordingBook
 from recordings.retention import run_purge
 from voice import control, procinfo
 from voice.app import build_app
+from voice.asr.after import transcriber_names
 from voice.config import Config
 from voice.fleet import WorkerSpec, run_dir, uses_kamailio, worker_specs
 from voice.ivr.clips import ClipLibrary
@@ -58,11 +59,22 @@ class WorkerState:
         return self.pid is not None
 
 
+@dataclass
+class TranscriberState:
+    """An after-call transcription process (voice/asr/after.py), forked by the zygote too."""
+
+    name: str
+    pid: int | None = None
+    restarts: int = 0
+    exits: list[int] = field(default_factory=list)
+
+
 class Supervisor:
     def __init__(self, cfg: Config, config_path: str | None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.workers = {spec.name: WorkerState(spec) for spec in worker_specs(cfg)}
+        self.transcribers = {n: TranscriberState(n) for n in transcriber_names(cfg)}
         self.kamailio: Any = None
         self.model: str | None = None
         self._zygote: asyncio.subprocess.Process | None = None
@@ -200,6 +212,10 @@ class Supervisor:
                 self.model = event.get("model")
                 for worker in self.workers.values():
                     self._spawn(worker)
+                for name in self.transcribers:
+                    self._spawn_name(name)
+            elif event.get("name") in self.transcribers:
+                self._transcriber_event(self.transcribers[event["name"]], kind, event)
             elif kind == "started":
                 worker = self.workers[event["name"]]
                 worker.pid, worker.started_at = event["pid"], time.time()
@@ -213,10 +229,34 @@ class Supervisor:
                 log.error("zygote: %s", event.get("error", event))
 
     def _spawn(self, worker: WorkerState) -> None:
+        self._spawn_name(worker.spec.name)
+
+    def _spawn_name(self, name: str) -> None:
         zygote = self._zygote
         if zygote is None or zygote.stdin is None or zygote.returncode is not None:
             return
-        zygote.stdin.write(json.dumps({"op": "spawn", "name": worker.spec.name}).encode() + b"\n")
+        zygote.stdin.write(json.dumps({"op": "spawn", "name": name}).encode() + b"\n")
+
+    def _transcriber_event(self, state: TranscriberState, kind: str, event: dict[str, Any]) -> None:
+        if kind == "started":
+            state.pid = event["pid"]
+            return
+        state.pid = None
+        state.exits.append(event["status"])
+        if self._stopping.is_set():
+            return
+        # Its job stays claimed under its name: the replacement takes it back first.
+        log.error("transcriber %s stopped (status %s)", state.name, event["status"])
+
+        async def restart() -> None:
+            await asyncio.sleep(self.cfg.workers.restart_delay)
+            if not self._stopping.is_set() and state.pid is None:
+                state.restarts += 1
+                self._spawn_name(state.name)
+
+        task = asyncio.create_task(restart())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _restart_later(self, worker: WorkerState) -> None:
         async def restart() -> None:
@@ -342,6 +382,10 @@ class Supervisor:
                 else {"alive": self.kamailio.alive, "pid": self.kamailio.pid}
             ),
             "zygote_pid": self._zygote.pid if self._zygote else None,
+            "transcribers": [
+                {"name": t.name, "pid": t.pid, "restarts": t.restarts, "exits": t.exits}
+                for t in self.transcribers.values()
+            ],
             "asr_model": self.model,
             "capacity": {
                 "calls": sum(w["calls"] or 0 for w in workers),

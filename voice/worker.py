@@ -27,6 +27,7 @@ from accounts.phones import E164
 from accounts.promises import CallPromises
 from accounts.retry import retry_db
 from accounts.services import CallJournal, Ledger
+from accounts.transcription import live_marker
 from accounts.verification import CallVerifier, Lockout, Verifications
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
 from recordings.book import RecordingBook
@@ -129,7 +130,7 @@ class Worker(Events):
         self.spec = spec
         self.name = spec.name
         # The Vosk model, loaded once by the zygote and shared copy-on-write; None: keypad only.
-        self.model = model if (cfg.asr.transcribe or cfg.asr.spoken_menu) else None
+        self.model = model if (cfg.asr.transcripts or cfg.asr.spoken_menu) else None
         self.phrases = cfg.asr.phrase_set() if model is not None else None
         self.speech: dict[int, CallSpeech] = {}  # engine key -> the call's live speech
         self._storing: dict[int, set[asyncio.Task[None]]] = {}  # call id -> utterance writes
@@ -679,7 +680,7 @@ class Worker(Events):
         rec = self.recordings.get(key)
         started = rec.started if rec is not None else time.monotonic()
         recording_id = rec.recording_id if rec is not None else None
-        transcribe = self.cfg.asr.transcribe
+        transcribe = self.cfg.asr.live
         speech = CallSpeech(
             self.model,
             asyncio.get_running_loop(),
@@ -687,10 +688,11 @@ class Worker(Events):
             transcribe=transcribe,
             origin=time.monotonic() - started,
             on_segment=lambda seg: self._store_soon(call_id, recording_id, seg),
+            on_closed=live_marker(self.sessions, recording_id, self.cfg.asr),  # after-call job?
         )
         self.speech[key] = speech
         call.attach_speech(speech, self.phrases)
-        said = speech.said() if transcribe else None
+        said = speech.said() if self.cfg.asr.transcripts else None
         if not await self.engine.listen(key, speech.sink("caller"), said):
             self.speech.pop(key, None)
             await speech.close()

@@ -24,8 +24,9 @@ import signal
 import sys
 from typing import Any
 
+from voice.asr.after import transcriber_names
 from voice.config import Config
-from voice.fleet import WorkerSpec, worker_specs
+from voice.fleet import worker_specs
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Zygote:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.specs = {spec.name: spec for spec in worker_specs(cfg)}
+        self.transcribers = set(transcriber_names(cfg))  # after-call transcription processes
         self.children: dict[int, str] = {}
         self.model: Any = None
 
@@ -106,7 +108,7 @@ class Zygote:
         except (ValueError, KeyError, TypeError):
             _emit(event="error", error="unreadable command")
             return
-        if op != "spawn" or name not in self.specs:
+        if op != "spawn" or (name not in self.specs and name not in self.transcribers):
             _emit(event="error", error=f"cannot {op} {name!r}")
             return
         if name in self.children.values():
@@ -114,27 +116,32 @@ class Zygote:
             return
         pid = os.fork()
         if pid == 0:
-            self._become_worker(self.specs[name])  # never returns
+            self._become(name)  # never returns
         self.children[pid] = name
         _emit(event="started", name=name, pid=pid)
 
-    def _become_worker(self, spec: WorkerSpec) -> None:
+    def _become(self, name: str) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             _die_with_parent(signal.SIGKILL)  # a worker without its zygote is unmanaged
-            _prctl(PR_SET_NAME, f"voice-{spec.name}".encode()[:15])  # `ps -o comm`, top
+            _prctl(PR_SET_NAME, f"voice-{name}".encode()[:15])  # `ps -o comm`, top
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(2, 1)  # stdout is the supervisor's event pipe: workers log to stderr
-            from voice.worker import run
+            if name in self.transcribers:
+                from voice.asr.after import run as transcribe
 
-            run(self.cfg, spec, self.model)
+                transcribe(self.cfg, name, self.model)
+            else:
+                from voice.worker import run
+
+                run(self.cfg, self.specs[name], self.model)
             code = 0
         except BaseException:
-            logging.getLogger("voice.worker").exception("worker %s failed", spec.name)
+            logging.getLogger("voice.worker").exception("%s failed", name)
         finally:
             sys.stderr.flush()
             os._exit(code)

@@ -74,11 +74,17 @@ class CallSpeech:
         transcribe: bool = True,
         origin: float = 0.0,
         on_segment: Callable[[Segment], None] | None = None,
+        on_closed: Callable[[str | None], None] | None = None,
         stream_factory: Callable[..., Any] = SpeechStream,
     ) -> None:
         self._loop = loop
         self.on_caller: Callable[[Event], None] | None = None
         self._on_segment = on_segment
+        # Told, on a thread, after close: None when the live transcript is whole, else why not
+        # (accounts/transcription.py queues an after-call job then).
+        self._on_closed = on_closed
+        self._transcribe = transcribe
+        self.shortfall: str | None = None
         self.segments: list[Segment] = []
         self.partials: dict[str, str] = {}
         self.paused = False  # PCI: card details are being given; the recognisers hear silence
@@ -123,13 +129,32 @@ class CallSpeech:
             self._closed = True
             for track in self._said:
                 track.close()  # the prompt the IVR was saying at hang-up, as far as it went
-            for stream in self._streams.values():
-                await asyncio.to_thread(stream.close)
+            stopped = {name: await asyncio.to_thread(s.close) for name, s in self._streams.items()}
             # Events the stream threads posted before exiting are queued on the loop: run them.
             await asyncio.sleep(0)
             self.partials.clear()
             self.on_caller = None  # the call's objects hold each other: let them go at once
+            if self._on_closed is not None:
+                self.shortfall = self._shortfall(stopped)
+                try:
+                    await asyncio.to_thread(self._on_closed, self.shortfall)
+                except Exception:
+                    log.exception("live transcript's end not recorded")
         return sorted(self.segments, key=lambda s: s.start)
+
+    def _shortfall(self, stopped: dict[str, bool]) -> str | None:
+        """Why the live transcript is not the whole call's, or None."""
+        if not self._transcribe:
+            return "no live transcription"
+        for name, stream in self._streams.items():
+            stats = stream.stats()
+            if not stopped[name]:
+                return f"{name}: live recognition did not finish in time"
+            if stats.dropped_chunks:
+                return f"{name}: {stats.dropped_s:.1f} s of audio dropped (recogniser behind)"
+            if stats.received_s <= 0:
+                return f"{name}: no audio reached the live recogniser"
+        return None
 
     # -- events ---------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import Note, utcnow
 from accounts.outcomes import OutcomeError, mark_outcome, parse_dtmf_outcome
+from accounts.transcription import live_marker
 from accounts.views import AccountSummary
 from recordings.book import recording_line
 from recordings.capture import WavWriter
@@ -252,7 +253,7 @@ class CallLine:
 
     def _speech(self, recording_id: int | None, caller: bool) -> CallSpeech | None:
         worker = self.worker
-        if worker.model is None or not worker.cfg.asr.transcribe:
+        if worker.model is None or not worker.cfg.asr.live:
             return None
         call_id = self.call_id
         return CallSpeech(
@@ -261,6 +262,7 @@ class CallLine:
             speakers=("caller", "agent") if caller else ("agent",),
             transcribe=True,
             on_segment=lambda seg: worker._store_soon(call_id, recording_id, seg),
+            on_closed=live_marker(worker.sessions, recording_id, worker.cfg.asr),
         )
 
     async def _outcomes(self, agent: SipCall, user: str) -> None:
