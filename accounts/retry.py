@@ -1,26 +1,68 @@
 """Database writes a call makes, retried while the database refuses (SQLite's lock held past
 its busy timeout on a saturated machine, a PostgreSQL restart): bookkeeping must never end a
-customer's call."""
+customer's call.
+
+Each write is timed for `/metrics` (voice/metrics.py) from the call's side: the wait, retries
+included. The backlog gauge counts writes a call is waiting on now, and those among them that
+the database has refused at least once ("retrying"); summed over live workers only.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 T = TypeVar("T")
 DB_ERRORS = (OperationalError, DBAPIError)
 
+WRITE_SECONDS = Histogram(
+    "voice_db_write_seconds",
+    "A call's database write, retries included, by outcome (ok, failed: given up).",
+    ["outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WRITE_RETRIES = Counter("voice_db_write_retries", "Database writes tried again after a refusal.")
+BACKLOG = Gauge(
+    "voice_journal_backlog",
+    "Call writes not done yet: waiting (all in flight), retrying (refused at least once).",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+
+# Every series from the start, at 0: an alert on one that does not exist yet never fires.
+for _outcome in ("ok", "failed"):
+    WRITE_SECONDS.labels(_outcome)
+for _state in ("waiting", "retrying"):
+    BACKLOG.labels(_state)
+
 
 async def retry_db(tries: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn` in a thread, retried with back-off while the database refuses; the last error out."""
-    for attempt in range(tries):
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except DB_ERRORS:
-            if attempt == tries - 1:
-                raise
-            await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
-    raise AssertionError("unreachable")
+    started, outcome, refused = time.monotonic(), "failed", False
+    BACKLOG.labels("waiting").inc()
+    try:
+        for attempt in range(tries):
+            try:
+                result = await asyncio.to_thread(fn, *args, **kwargs)
+            except DB_ERRORS:
+                if attempt == tries - 1:
+                    raise
+                if not refused:
+                    refused = True
+                    BACKLOG.labels("retrying").inc()
+                WRITE_RETRIES.inc()
+                await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
+            else:
+                outcome = "ok"
+                return result
+        raise AssertionError("unreachable")
+    finally:
+        BACKLOG.labels("waiting").dec()
+        if refused:
+            BACKLOG.labels("retrying").dec()
+        WRITE_SECONDS.labels(outcome).observe(time.monotonic() - started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,8 +13,9 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from accounts.db import make_engine, make_sessions
+from accounts.transcription import backlog_stats
 from voice.api import api_mount
-from voice.metrics import render as render_metrics
+from voice.metrics import CONTENT_TYPE, scrape
 from voice.pages import pages_routes
 
 
@@ -34,9 +36,12 @@ def build_app(supervisor: Any) -> Starlette:
         finally:
             engine.dispose()
 
+    metric_sessions = make_sessions(engine)
+
     async def metrics(request: Request) -> PlainTextResponse:
-        text = render_metrics(await supervisor.health())
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        health = await supervisor.health()
+        text = await asyncio.to_thread(scrape, health, cfg, metric_sessions, backlog_stats)
+        return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
     routes = [
         Route("/healthz", healthz),

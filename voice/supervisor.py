@@ -31,7 +31,7 @@ from accounts.services import CallJournal
 from accounts.webhook import run_outbox
 from recordings.book import RecordingBook
 from recordings.retention import run_purge
-from voice import control, procinfo
+from voice import control, metrics, procinfo
 from voice.app import build_app
 from voice.asr.after import transcriber_names
 from voice.config import Config
@@ -91,6 +91,7 @@ class Supervisor:
 
     def prepare(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        metrics.fresh_dir(metrics.metrics_dir(self.cfg))  # before any worker writes there
         db = make_engine(self.cfg.database_url, self.cfg.database.busy_timeout_ms)
         create_schema(db)
         sessions = make_sessions(db)
@@ -184,6 +185,7 @@ class Supervisor:
                 os.environ,
                 OPENBLAS_NUM_THREADS="1",
                 VOICE_WORKERS_COUNT=str(self.cfg.workers.count),
+                PROMETHEUS_MULTIPROC_DIR=str(metrics.metrics_dir(self.cfg)),
             )
             self._zygote = await asyncio.create_subprocess_exec(
                 *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
@@ -270,6 +272,7 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     async def _worker_exited(self, worker: WorkerState, status: int) -> None:
+        metrics.process_dead(metrics.metrics_dir(self.cfg), worker.pid)
         worker.pid = None
         worker.exits.append(status)
         worker.exited.set()

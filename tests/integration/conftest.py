@@ -333,3 +333,17 @@ def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.1) ->
             return value
         time.sleep(interval)
     return predicate()  # type: ignore[operator]
+
+
+def scrape(server: Server) -> dict[str, float]:
+    """GET /metrics read by Prometheus' own text parser (which rejects a malformed page), as
+    {'name': value, 'name{a="x",b="y"}': value} with labels sorted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out

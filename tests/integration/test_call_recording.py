@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     Server,
     last_call_id,
     run_ua,
+    scrape,
     start_server,
     start_ua,
     stop_server,
@@ -204,8 +205,7 @@ def test_a_full_disk_loses_the_rest_of_the_recording_not_the_call(tmp_path: Path
                     == 1
                 )
             )
-            metrics = httpx.get(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5).text
-            assert "\nvoice_recordings_incomplete_total 1\n" in metrics
+            assert scrape(server)["voice_recordings_incomplete_total"] == 1
         finally:
             stop_server(server)
 

@@ -32,6 +32,7 @@ from tests.integration.conftest import (
     events_of,
     last_call_id,
     run_ua,
+    scrape,
     start_server,
     start_ua,
     stop_server,
@@ -120,6 +121,19 @@ def test_spoken_phrase_drives_the_menu(
     told = [d for k, d in events if k == "said"]
     assert told and told[0]["option"] == option
     assert "said" in call_row(server, call_id).summary  # the note shows what the caller said
+
+
+def test_the_reply_to_a_spoken_choice_is_timed_on_metrics(server: Server, tmp_path: Path) -> None:
+    name = "voice_speech_to_audio_seconds"
+    before = scrape(server)
+    wav = phrase_wav(tmp_path, *PHRASES[0][:3])
+    [report] = run_ua(server, over_menu(wav))
+    assert not report["error"], report
+    after = scrape(server)
+    # One spoken answer, one reply: end of speech to its first frame (never before it).
+    assert after[f"{name}_count"] == before[f"{name}_count"] + 1
+    assert after[f"{name}_sum"] > before[f"{name}_sum"]
+    assert after["voice_key_to_audio_seconds_count"] == before["voice_key_to_audio_seconds_count"]
 
 
 def test_caller_speech_cuts_the_prompt_and_is_transcribed_with_timings(

@@ -104,3 +104,22 @@ def test_a_plain_sink_listener_still_hears_every_frame(players: list[PcmPlayer])
     player.play(prompt("hello", 2), lambda: None)
     pull(player, 3)
     assert [bool(f.strip(b"\0")) for f in frames] == [True, True, False]
+
+
+def test_on_start_fires_once_as_the_first_frame_of_its_audio_goes_out(
+    players: list[PcmPlayer],
+) -> None:
+    player = PcmPlayer("test-player-3")
+    players.append(player)
+    started: list[str] = []
+    player.play(prompt("menu", 3), lambda: None, lambda: started.append("menu"))
+    assert started == []  # queued is not heard: the bridge has not asked for a frame yet
+    pull(player, 1)
+    assert started == ["menu"]
+    pull(player, 3)
+    player.play(prompt("cut", 2), lambda: None, lambda: started.append("cut"))
+    player.stop()  # cut before its first frame: never heard, so never started
+    player.play(prompt("replaced", 2), lambda: None, lambda: started.append("replaced"))
+    player.play(prompt("answer", 2), lambda: None, lambda: started.append("answer"))
+    pull(player, 3)
+    assert started == ["menu", "answer"]

@@ -115,6 +115,11 @@ class CallSpeech:
         if CALLER in self._streams:
             self._streams[CALLER].set_phrases(phrases)
 
+    def heard_until(self) -> float:
+        """Call time up to which the caller's audio has been received: now, on the clock of
+        the times a `Final` carries (the recogniser reports them later)."""
+        return self._origin + self._streams[CALLER].stats().received_s
+
     def snapshot(self) -> dict[str, Any]:
         """The transcript so far, in time order, and each speaker's words in progress."""
         ordered = sorted(self.segments, key=lambda s: s.start)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from voice import telemetry
 from voice.asr.events import Event, Final, SpeechStarted
 from voice.asr.live import CallSpeech
 from voice.asr.phrases import PhraseSet
@@ -62,6 +63,7 @@ class SipCall:
         self._speaking_since = 0.0  # loop time its start was reported
         self._cut_by_speech = False  # the last prompt was cut by speech that chose nothing
         self.heard: Heard | None = None
+        self._reply = telemetry.ReplyClock()  # times the IVR's reply to a key or a phrase
 
     def attach_speech(self, speech: CallSpeech, phrases: PhraseSet | None) -> None:
         """Spoken menu choices (`phrases`) and speech barge-in from the call's `speech`."""
@@ -99,7 +101,7 @@ class SipCall:
 
         self._digit_arrived.clear()
         self._speech_started.clear()
-        if not self._engine.play(self.identity.key, pcm, on_done):
+        if not self._engine.play(self.identity.key, pcm, on_done, self._reply.on_start()):
             raise HangUp()
         waiters: list[Any] = [finished, self._ended.wait()]
         if barge_in:
@@ -152,13 +154,15 @@ class SipCall:
     ) -> str:
         if tokens:
             await self.play(tokens, barge_in=True)
-        collected = ""
+        collected, digit = "", None
         while len(collected) < max_digits:
             wait = timeout if not collected else digit_timeout
             digit = await self._next_digit(wait)
             if digit is None or (digit == terminator and max_digits > 1):
                 break
             collected += digit
+        if digit is not None:  # ended by a key, not by waiting for one
+            self._reply.answered_by_key()
         return collected
 
     async def _key_or_phrase(self, spoken: Mapping[str, str], timeout: float) -> str:
@@ -169,6 +173,7 @@ class SipCall:
             self._raise_if_ended()
             if not self._digits.empty():
                 self._cut_by_speech = False
+                self._reply.answered_by_key()
                 return self._digits.get_nowait()
             if not self._heard.empty():
                 final = self._heard.get_nowait()
@@ -176,6 +181,7 @@ class SipCall:
                     continue  # a cough, line noise, a tone: not an answer
                 option = final.option if final.option in spoken else None
                 self.heard = Heard(final.text, option, final.confidence)
+                self._reply.answered_by_speech()
                 if option is None:
                     self._cut_by_speech = True  # so the re-prompt is heard whole
                     return ""
@@ -213,7 +219,7 @@ class SipCall:
         def on_done() -> None:
             loop.call_soon_threadsafe(_resolve, finished)
 
-        if not self._engine.play(self.identity.key, pcm, on_done):
+        if not self._engine.play(self.identity.key, pcm, on_done, self._reply.on_start()):
             raise HangUp()
         if wait:
             await self._first(finished, self._ended.wait())
@@ -260,6 +266,7 @@ class SipCall:
             log.info("call %s: ignoring DTMF %r", self.identity.key, digit)
             return
         self.last_digit_at = time.monotonic()
+        self._reply.key()
         self._digits.put_nowait(digit)
         self._digit_arrived.set()
 
@@ -272,6 +279,8 @@ class SipCall:
         elif isinstance(event, Final):
             self._speaking = False
             if event.mode == "grammar":
+                if self._speech is not None:
+                    self._reply.heard(event.end, self._speech.heard_until())
                 self._heard.put_nowait(event)
 
     def on_disconnected(self, code: int, reason: str) -> None:

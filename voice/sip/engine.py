@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import pjsua2 as pj
 
+from voice import telemetry
 from voice.config import SipConfig
 from voice.sip.player import PcmPlayer
 from voice.sip.tap import FrameTap, Sink
@@ -115,12 +116,16 @@ class _Call(pj.Call):
         self.key = key
         # Events of a call we place are held until `outgoing` has told the loop about it.
         self.announced = call_id != pj.PJSUA_INVALID_ID
+        self.inbound = self.announced  # an incoming call has its pjsua id at once
+        self.invited = time.monotonic()  # its INVITE arrived, or ours is about to leave
         self.early: list[tuple[str, tuple[Any, ...]]] = []
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
         try:
             info = self.getInfo()
             if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+                if not self.inbound:
+                    telemetry.answered("outbound", self.invited)
                 self._engine._post_call(self, "confirmed", self.key)
             elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self._engine._gone(self, info.lastStatusCode, info.lastReason)
@@ -189,7 +194,7 @@ class SipEngine:
         self._recent_setups: collections.deque[float] = collections.deque()
         self._keys = itertools.count(1)
         self.draining = False
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = telemetry.Counts()
 
     # -- asyncio side -------------------------------------------------------------------------
 
@@ -220,12 +225,19 @@ class SipEngine:
     def active_calls(self) -> int:
         return len(self._calls)
 
-    def play(self, key: int, pcm: Any, on_done: Callable[[], None]) -> bool:
-        """Queue audio on a call's player; False if the call is gone. Safe from any thread."""
+    def play(
+        self,
+        key: int,
+        pcm: Any,
+        on_done: Callable[[], None],
+        on_start: Callable[[], None] | None = None,
+    ) -> bool:
+        """Queue audio on a call's player; False if the call is gone. Safe from any thread.
+        `on_start` is called on the media thread as its first frame goes out."""
         player = self._players.get(key)
         if player is None:
             return False
-        player.play(pcm, on_done)
+        player.play(pcm, on_done, on_start)
         return True
 
     def stop_playback(self, key: int) -> None:
@@ -444,6 +456,7 @@ class SipEngine:
         self.counters["calls_answered"] += 1
         prm.statusCode = 200
         call.answer(prm)
+        telemetry.answered("inbound", call.invited)
 
     def _answer(
         self, key: int, code: int, reason: str, headers: tuple[tuple[str, str], ...]
@@ -464,6 +477,8 @@ class SipEngine:
         else:
             self.counters[f"calls_refused_{code}"] += 1
         call.answer(prm)
+        if code < 300:
+            telemetry.answered("inbound", call.invited)
         return True
 
     def _dial(

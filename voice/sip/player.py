@@ -68,6 +68,7 @@ class PcmPlayer(pj.AudioMediaPort):
         self._buffer = b""
         self._offset = 0
         self._on_done: Callable[[], None] | None = None
+        self._on_start: Callable[[], None] | None = None  # the buffer's first frame goes out
         self._silence = pj.ByteVector(_SILENCE)
         self.frames_played = 0
         # Hears every frame the player sends (speech or silence), on the media thread: the
@@ -78,14 +79,21 @@ class PcmPlayer(pj.AudioMediaPort):
         fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, int(FRAME_TIME * 1_000_000), 16)
         self.createPort(name, fmt)
 
-    def play(self, pcm: np.ndarray, on_done: Callable[[], None]) -> None:
-        """Replace whatever is playing with `pcm` (int16 mono at SAMPLE_RATE)."""
+    def play(
+        self,
+        pcm: np.ndarray,
+        on_done: Callable[[], None],
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
+        """Replace whatever is playing with `pcm` (int16 mono at SAMPLE_RATE); `on_start` is
+        called on the media thread with its first frame (a reply's latency ends there)."""
         spans = getattr(pcm, "spans", ())  # a rendered prompt says these; a tone says nothing
         data = np.ascontiguousarray(pcm, dtype="<i2").tobytes()
         pad = (-len(data)) % FRAME_BYTES
         with self._lock:
             previous = self._on_done
             self._buffer, self._offset, self._on_done = data + bytes(pad), 0, on_done
+            self._on_start = on_start
             self._told.start(spans)
         if previous is not None:
             previous()
@@ -95,6 +103,7 @@ class PcmPlayer(pj.AudioMediaPort):
         with self._lock:
             previous = self._on_done
             self._buffer, self._offset, self._on_done = b"", 0, None
+            self._on_start = None
             self._told.finish()
         if previous is not None:
             previous()
@@ -105,12 +114,13 @@ class PcmPlayer(pj.AudioMediaPort):
             return self._offset < len(self._buffer)
 
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 name)
-        done = None
+        done = started = None
         try:
             with self._lock:
                 if self._offset < len(self._buffer):
                     chunk = self._buffer[self._offset : self._offset + FRAME_BYTES]
                     self._offset += FRAME_BYTES
+                    started, self._on_start = self._on_start, None
                     self._told.sent()
                     before = self._told.take()  # a cut prompt's end, this one's start
                     if self._offset >= len(self._buffer):
@@ -125,6 +135,8 @@ class PcmPlayer(pj.AudioMediaPort):
             frame.size = FRAME_BYTES
             if chunk is not None:
                 self.frames_played += 1
+            if started is not None:
+                started()
             listener = self.listener
             if listener is not None:
                 _tell(listener, before)

@@ -1,0 +1,137 @@
+"""/metrics of a real fleet: `voice serve` with 2 workers behind Kamailio, called by the scripted
+pjsua2 UA (keys by RFC 2833) and placing a call itself, read with Prometheus' text parser.
+The histograms must count those calls on both workers, the counters must agree with them and
+with the database, and a worker killed with -9 must leave its counts in the sums and the scrape
+whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from tests.integration.conftest import (
+    Server,
+    free_port,
+    free_port_block,
+    require_sipp,
+    run_ua,
+    scrape,
+    start_server,
+    start_ua,
+    stop_server,
+    wait_for,
+)
+from tests.integration.test_fleet import KNOWN, calls_since, fleet_env, last_id, voice_ctl
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not Path("/usr/sbin/kamailio").exists() and not os.environ.get("CI"),
+        reason="Kamailio is not installed (make test installs it)",
+    ),
+]
+CALLS = 4  # placed at once: Kamailio's round robin gives each worker two
+INBOUND = 'voice_call_answer_seconds_count{direction="inbound"}'
+OUTBOUND = 'voice_call_answer_seconds_count{direction="outbound"}'
+KEYS = "voice_key_to_audio_seconds_count"
+
+
+def grew(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def key_replies_of(server: Server, pid: int) -> float:
+    """The key -> audio count in one worker's own file (what it contributed to the sum)."""
+    file = server.data_dir / "run" / "metrics" / f"histogram_{pid}.db"
+    for family in MultiProcessCollector.merge([str(file)], accumulate=True):
+        for sample in family.samples:
+            if sample.name == KEYS:
+                return sample.value
+    return 0.0
+
+
+def dial_out(server: Server, gateway_port: int, tmp_path: Path) -> int:
+    """One call the fleet places (to the trunk's gateway, a sipp UAS that answers); its id."""
+    with (tmp_path / "gateway.out").open("wb") as log:
+        gateway = subprocess.Popen(
+            [require_sipp(), "-sn", "uas", "-i", "127.0.0.1", "-p", str(gateway_port),
+             "-mp", str(free_port_block(4)), "-m", "1", "-timeout", "40s", "-timeout_error",
+             "-nostdin"],  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        time.sleep(0.5)
+        call_id = int(voice_ctl(server, "dial", KNOWN)["call_id"])
+        assert wait_for(lambda: grew(scrape(server), {}, OUTBOUND) >= 1, 15), scrape(server)
+        voice_ctl(server, "hangup", str(call_id))
+        assert gateway.wait(20) == 0, (tmp_path / "gateway.out").read_text()[-2000:]
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
+    return call_id
+
+
+def test_the_fleet_counts_real_calls_on_both_workers_and_survives_a_kill(tmp_path: Path) -> None:
+    gateway_port = free_port()
+    server = start_server(
+        tmp_path / "voice", fleet_env(2, VOICE_KAMAILIO_GATEWAY=f"127.0.0.1:{gateway_port}")
+    )
+    try:
+        before, first = scrape(server), last_id(server)
+        reports = run_ua(server, "audio;dtmf:1;audio;wait:1;hangup", caller=KNOWN, calls=CALLS)
+        assert all(r["code"] == 200 and not r["error"] for r in reports), reports
+        assert wait_for(
+            lambda: all(c.status != "in_progress" for c in calls_since(server, first)), 20
+        )
+        calls = calls_since(server, first)
+        assert len(calls) == CALLS
+        on = {name: sum(1 for c in calls if c.worker == name) for name in ("w0", "w1")}
+        assert on == {"w0": 2, "w1": 2}, on
+        after = scrape(server)
+        assert grew(after, before, INBOUND) == CALLS
+        assert grew(after, before, "voice_calls_answered_total") == CALLS
+        assert grew(after, before, KEYS) == CALLS  # one key each, each answered by audio
+        assert after['voice_key_to_audio_seconds_bucket{le="+Inf"}'] == after[KEYS]
+        # Each worker's own file holds its calls' replies: the sum is over both processes.
+        pids = {w["name"]: w["pid"] for w in server.health()["workers"]}
+        assert {n: key_replies_of(server, pid) for n, pid in pids.items()} == on
+        # The answered calls wrote their journal: writes were timed and none is left waiting.
+        assert grew(after, before, 'voice_db_write_seconds_count{outcome="ok"}') >= 3 * CALLS
+        assert after['voice_journal_backlog{state="waiting"}'] == 0
+
+        dial_out(server, gateway_port, tmp_path)
+        placed = scrape(server)
+        assert grew(placed, after, OUTBOUND) == 1
+        assert grew(placed, after, "voice_calls_placed_total") == 1
+
+        # A call up on one worker, then that worker is killed outright.
+        ua = start_ua(server, "audio;wait:30;hangup", tmp_path / "ua.log", caller=KNOWN)
+        try:
+            busy = wait_for(lambda: [w for w in server.health()["workers"] if w["calls"]], 15)
+            assert busy, server.health()
+            victim = busy[0]
+            os.kill(victim["pid"], signal.SIGKILL)
+            health = wait_for(
+                lambda: (h := server.health())["status"] == "ok" and h["workers"], 30
+            )
+            assert health, server.health()
+        finally:
+            ua.kill()
+            ua.wait()
+        killed = scrape(server)  # parses, with the dead worker's files still in the folder
+        assert grew(killed, placed, "voice_calls_answered_total") == 1  # kept after the kill
+        assert killed[INBOUND] == placed[INBOUND] + 1
+        assert killed[KEYS] == placed[KEYS]
+        assert killed[f'voice_worker_restarts_total{{worker="{victim["name"]}"}}'] == 1
+        assert killed['voice_journal_backlog{state="waiting"}'] == 0
+        assert killed["voice_up"] == 1
+    finally:
+        stop_server(server)
