@@ -4,7 +4,8 @@ customer's call.
 
 Each write is timed for `/metrics` (voice/metrics.py) from the call's side: the wait, retries
 included. The backlog gauge counts writes a call is waiting on now, and those among them that
-the database has refused at least once ("retrying"); summed over live workers only.
+the database has refused at least once ("retrying"); summed over live workers only. The
+write-behind (accounts/write_behind.py) reports its own queue into the same gauge.
 """
 
 from __future__ import annotations
@@ -19,25 +20,43 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 T = TypeVar("T")
 DB_ERRORS = (OperationalError, DBAPIError)
+DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)  # s
 
 WRITE_SECONDS = Histogram(
     "voice_db_write_seconds",
     "A call's database write, retries included, by outcome (ok, failed: given up).",
     ["outcome"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=DB_BUCKETS,
 )
 WRITE_RETRIES = Counter("voice_db_write_retries", "Database writes tried again after a refusal.")
 BACKLOG = Gauge(
     "voice_journal_backlog",
-    "Call writes not done yet: waiting (all in flight), retrying (refused at least once).",
+    "Call writes not done yet: waiting/retrying (a call awaits them; refused at least once), "
+    "queued/spooled (written behind the call: in memory, on disk after a refusal).",
     ["state"],
     multiprocess_mode="livesum",
 )
+BATCH_SECONDS = Histogram(
+    "voice_journal_batch_seconds",
+    "One write-behind transaction of call writes (accounts/write_behind.py), by outcome.",
+    ["outcome"],
+    buckets=DB_BUCKETS,
+)
+
+
+def show_backlog(queued: int, spooled: int) -> None:
+    """The write-behind's owed writes (accounts/write_behind.py): in memory waiting for its
+    writer, and kept on disk since the database refused them."""
+    BACKLOG.labels("queued").set(queued)
+    BACKLOG.labels("spooled").set(spooled)
+
 
 # Every series from the start, at 0: an alert on one that does not exist yet never fires.
 for _outcome in ("ok", "failed"):
     WRITE_SECONDS.labels(_outcome)
-for _state in ("waiting", "retrying"):
+for _outcome in ("written", "refused"):
+    BATCH_SECONDS.labels(_outcome)
+for _state in ("waiting", "retrying", "queued", "spooled"):
     BACKLOG.labels(_state)
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
 
@@ -114,14 +116,20 @@ def test_worker_processes_are_summed(fleet: tuple[Path, int, int]) -> None:
     assert got["voice_journal_backlog", (("state", "retrying"),)] == 1
 
 
+def copy_of(path: Path, tmp_path: Path) -> Path:
+    """The fleet's files in a folder of the test's own (the module's stay as written)."""
+    copy = tmp_path / "metrics"
+    copy.mkdir()
+    for file in path.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    return copy
+
+
 def test_a_dead_worker_keeps_its_counts_but_not_its_backlog(
     fleet: tuple[Path, int, int], tmp_path: Path
 ) -> None:
     path, w0, _ = fleet
-    dead = tmp_path / "metrics"
-    dead.mkdir()
-    for file in path.iterdir():
-        (dead / file.name).write_bytes(file.read_bytes())
+    dead = copy_of(path, tmp_path)
     process_dead(dead, w0)
     got = samples(render(HEALTH, dead))
     assert got["voice_calls_answered_total", ()] == 7  # totals never go down
@@ -133,11 +141,13 @@ def test_an_unreadable_file_is_skipped_not_fatal(
     fleet: tuple[Path, int, int], tmp_path: Path
 ) -> None:
     path, _, _ = fleet
-    torn = tmp_path / "metrics"
-    torn.mkdir()
-    for file in path.iterdir():
-        (torn / file.name).write_bytes(file.read_bytes())
-    (torn / "counter_99999.db").write_bytes(b"\xff" * 64)  # a file cut short mid-write
+    torn = copy_of(path, tmp_path)
+    # A file whose first entry claims more bytes than the file holds: prometheus_client's
+    # reader raises on it ("file is corrupted").
+    entry = struct.pack("i", 1000) + bytes(52)
+    (torn / "counter_99999.db").write_bytes(struct.pack("i", 64) + bytes(4) + entry)
+    with pytest.raises(RuntimeError, match="corrupted"):
+        list(MultiProcessCollector.merge([str(torn / "counter_99999.db")]))
     got = samples(render(HEALTH, torn))
     assert got["voice_calls_answered_total", ()] == 7
 
@@ -246,3 +256,4 @@ def test_a_spoken_answer_is_timed_from_the_end_of_the_speech_not_its_recognition
     assert started is not None
     started()
     assert 0.7 <= value("voice_speech_to_audio_seconds_sum") - before < 1.5
+
