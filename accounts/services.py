@@ -270,6 +270,11 @@ class CallJournal:
             _currency(session, account_id)  # clear error instead of a foreign key failure
             call.account_id = account_id
 
+    def add_note(self, call_id: int, account_id: int, *, kind: str, author: str, body: str) -> int:
+        """A note of the call's other than its closing one (a voicemail's): its id."""
+        with self._sessions.begin() as session:
+            return _add_note(session, account_id, call_id, kind, author, body, utcnow())
+
     def finish_call(
         self,
         call_id: int,
@@ -297,17 +302,7 @@ class CallJournal:
             call.ended_at = now
             if call.account_id is None:
                 return None
-            note = Note(
-                account_id=call.account_id,
-                call_id=call.id,
-                created_at=now,
-                author=author,
-                kind="call",
-                body=summary,
-            )
-            session.add(note)
-            session.flush()
-            return note.id
+            return _add_note(session, call.account_id, call.id, "call", author, summary, now)
 
     def interrupt_calls(self, worker: str, reason: str) -> list[int]:
         """Close every call `worker` still shows in progress (it died), filing their notes.
@@ -371,3 +366,19 @@ class CallJournal:
         if call is None:
             raise UnknownCall(f"no call with id {call_id}")
         return call
+
+def _add_note(
+    session: Session,
+    account_id: int,
+    call_id: int,
+    kind: str,
+    author: str,
+    body: str,
+    at: dt.datetime,
+) -> int:
+    note = Note(
+        account_id=account_id, call_id=call_id, created_at=at, author=author, kind=kind, body=body
+    )
+    session.add(note)
+    session.flush()
+    return note.id

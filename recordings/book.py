@@ -18,13 +18,13 @@ from accounts.models import Call, Note, Recording, utcnow
 from recordings.capture import finalise
 from recordings.paths import path_for, relative_path
 from recordings.retention import retain_until_for
+from voice.audio import SAMPLE_RATE  # the conference bridge's: what the recorder writes
 from voice.config import Config
 
 log = logging.getLogger(__name__)
 
 DISK_FULL_BYTES = 64 * 1024  # free space below this when a call ends: the disk was full
 MISSING_GRACE = 2.0  # seconds a recording may fall short of its call before it is reported
-SAMPLE_RATE = 16000  # the conference bridge's clock rate: what the recorder writes
 
 
 class RecordingBook:

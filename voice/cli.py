@@ -112,8 +112,8 @@ def _serve(cfg: config_mod.Config, path: str | None) -> int:
 def _worker(cfg: config_mod.Config, name: str) -> int:
     """One worker by hand (debugging): as `serve` would run it, without the supervisor."""
     from accounts.db import create_schema, make_engine
+    from voice.calls.worker import run
     from voice.fleet import worker_specs
-    from voice.worker import run
 
     specs = {spec.name: spec for spec in worker_specs(cfg)}
     if name not in specs:

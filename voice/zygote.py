@@ -53,7 +53,7 @@ def _emit(**event: Any) -> None:
 
 def _preload(cfg: Config) -> Any:
     # Imported here, before any fork, so workers start with the modules (and model) in memory.
-    import voice.worker  # noqa: F401
+    import voice.calls.worker  # noqa: F401
     from voice.asr.model import load_model
 
     return load_model(cfg.asr.model)
@@ -136,12 +136,12 @@ class Zygote:
 
                 transcribe(self.cfg, name, self.model)
             else:
-                from voice.worker import run
+                from voice.calls.worker import run
 
                 run(self.cfg, self.specs[name], self.model)
             code = 0
         except BaseException:
-            logging.getLogger("voice.worker").exception("%s failed", name)
+            logging.getLogger("voice.calls.worker").exception("%s failed", name)
         finally:
             sys.stderr.flush()
             os._exit(code)

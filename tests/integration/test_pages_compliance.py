@@ -7,7 +7,7 @@ The call is real (a SIP caller on 127.0.0.1, recorded by the worker into a hashe
 transcript is stored through CallJournal.add_transcript, the store the live recogniser uses,
 with word times inside the recording: no speech model is needed to test the page.
 A bridged part (two channels, a PCI pause) is recorded through the recorder's own classes
-(WavWriter, RecordingBook), as voice/routing/line.py does, to check the two waveform lanes.
+(WavWriter, RecordingBook), as voice/calls/media.py does, to check the two waveform lanes.
 Screenshots go to tests/output/screens/ (gitignored).
 """
 
@@ -195,7 +195,7 @@ def test_another_collectors_recording_is_not_found(
 
 
 def _bridged_part(server: Server, call_id: int) -> int:
-    """The bridged part of a call, recorded the way voice/routing/line.py records it: a
+    """The bridged part of a call, recorded the way voice/calls/media.py records it: a
     two-channel WavWriter (customer left, collector right) fed 20 ms frames, a PCI pause in
     the middle marked on the row, then closed into a hashed FLAC by the RecordingBook."""
     cfg = from_mapping({"data": {"dir": str(server.data_dir)}}, {})

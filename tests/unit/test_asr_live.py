@@ -11,7 +11,7 @@ from typing import Any
 
 from voice.asr.events import Event, Final, Partial, SpeechStarted, Word
 from voice.asr.live import CallSpeech, Segment
-from voice.ivr.clips import Span
+from voice.audio import Span
 
 
 class ScriptedStream:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from voice import worker
-from voice.worker import CallLog
+from voice.calls import journal as call_journal
+from voice.calls.journal import CallLog
 
 
 class LockedJournal:
@@ -39,7 +39,7 @@ def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     async def instant(_seconds: float) -> None:
         return None
 
-    monkeypatch.setattr(worker.asyncio, "sleep", instant)
+    monkeypatch.setattr(call_journal.asyncio, "sleep", instant)
 
 
 async def test_a_locked_database_is_retried_until_the_write_lands() -> None:
@@ -53,7 +53,7 @@ async def test_a_locked_database_is_retried_until_the_write_lands() -> None:
 async def test_an_event_that_never_lands_is_skipped_and_the_call_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    journal = LockedJournal(failures=worker.EVENT_TRIES)
+    journal = LockedJournal(failures=call_journal.EVENT_TRIES)
     log = CallLog(journal, 8)  # type: ignore[arg-type]
     await log.event("prompt", {"tokens": ["menu"]})  # no exception reaches the flow
     assert journal.events == []
@@ -63,6 +63,6 @@ async def test_an_event_that_never_lands_is_skipped_and_the_call_goes_on(
 
 
 async def test_the_note_is_retried_longer_than_an_event() -> None:
-    journal = LockedJournal(failures=worker.NOTE_TRIES - 1)
+    journal = LockedJournal(failures=call_journal.NOTE_TRIES - 1)
     await CallLog(journal, 9).finish("completed", "done", "note")  # type: ignore[arg-type]
     assert journal.finished == [(9, "completed")]

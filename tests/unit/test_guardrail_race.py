@@ -40,7 +40,7 @@ CUSTOMER = "+12125550101"  # account 10042's first contact in the demo data
 
 
 class JournalingFleet:
-    """Counts dials and journals each call as voice/worker.py `click_to_call` does."""
+    """Counts dials and journals each call as voice/calls/placed.py `click_to_call` does."""
 
     def __init__(self, world: World, fail: bool = False) -> None:
         self.journal = CallJournal(world.sessions)
@@ -209,7 +209,7 @@ def test_softphone_calls_and_api_calls_share_the_last_attempt(world: World) -> N
 
     def softphone() -> outbound.SoftphoneCall | Refusal:
         start.wait(10)
-        with world.sessions.begin() as session:  # as voice/worker.py `_run_softphone` does
+        with world.sessions.begin() as session:  # as voice/calls/placed.py `softphone` does
             return outbound.check_softphone_call(cfg, session, guard, "dana", "2125550101")
 
     token = world.tokens["collector"]

@@ -14,8 +14,8 @@ import numpy as np
 import pjsua2 as pj
 import pytest
 
-from voice.ivr.clips import Rendered, Span
-from voice.sip.player import FRAME_BYTES, FRAME_SAMPLES, PcmPlayer
+from voice.audio import FRAME_BYTES, FRAME_SAMPLES, Rendered, Span
+from voice.sip.player import PcmPlayer
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,17 @@ import soundfile
 
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.models import Collector, Softphone
+from accounts.reach import Agent, agents_for
 from accounts.views import AccountSummary
 from recordings.capture import WavWriter, read_growing_wav
 from voice.config import AgentsConfig
 from voice.ivr.call import HangUp
 from voice.routing.outbound import caller_id_headers, status_of
 from voice.routing.transfer import (
-    Agent,
     AgentTransfer,
     Connected,
     Ring,
     Voicemail,
-    agents_for,
     ring_outcome,
 )
 from voice.routing.voicemail import record_message

@@ -1,7 +1,7 @@
 """Make a Call: a collector asks for a call to an account's customer; and how any call stands.
 
 `POST /api/calls {"account": "10042", "to": "+12125550101"}` rings the collector's own phone
-first (their softphone, else their configured SIP URI: voice/routing/transfer.py `route_of`,
+first (their softphone, else their configured SIP URI: accounts/reach.py `route_of`,
 the same rule agent transfer uses); when they answer, a worker dials the
 customer through the trunk with the configured caller ID and bridges the two. The number must
 be one of the account's contacts (the API never dials a number typed in freely), and the
@@ -32,8 +32,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts import attempts, audit
-from accounts.models import Account, Call, CallEvent, Collector, Contact, Softphone
+from accounts.models import Account, Call, CallEvent, Contact
 from accounts.phones import InvalidPhone, normalize
+from accounts.reach import collector_route
 from accounts.users import Principal
 from voice.api.auth import (
     client_addr,
@@ -49,7 +50,6 @@ from voice.api.params import int_id, read_json
 from voice.config import Config
 from voice.fleet import uses_kamailio
 from voice.routing.guardrails import Guardrails, Refusal, record_refusal
-from voice.routing.transfer import route_of
 
 DIALERS = ("collector",)  # the phone that rings first is the requester's own
 PLACED = "call.place"  # audit action of an accepted request
@@ -172,16 +172,17 @@ def _line(session: Session, user: Principal, cfg: Config) -> int:
     """The requesting collector's id, once they have a phone the worker can ring first."""
     if user.collector_id is None:
         raise HTTPException(422, f"user {user.name} is not a collector: no phone to ring first")
-    collector = session.get(Collector, user.collector_id)
-    phones = list(
-        session.scalars(
-            select(Softphone.username).where(Softphone.collector_id == user.collector_id)
-        )
+    # Active or not, as before: an inactive collector's call is refused by the worker (503).
+    route = collector_route(
+        session,
+        user.collector_id,
+        realm=cfg.kamailio.realm,
+        proxy=uses_kamailio(cfg),
+        active_only=False,
     )
-    reach = cfg.kamailio.realm, uses_kamailio(cfg)
-    if collector is None or route_of(collector, phones, realm=reach[0], proxy=reach[1]) is None:
+    if route is None:
         raise HTTPException(422, "no softphone and no reachable SIP URI for this collector")
-    return collector.id
+    return route.collector_id
 
 
 def _contact(session: Session, account: Account, to: str | None, region: str) -> str:

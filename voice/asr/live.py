@@ -22,15 +22,12 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voice.asr.events import Event, Final, Partial, SpeechStarted
 from voice.asr.phrases import PhraseSet
 from voice.asr.stream import SpeechStream
-from voice.sip.tap import Sink
-
-if TYPE_CHECKING:
-    from voice.ivr.clips import Span
+from voice.audio import Sink, Span
 
 log = logging.getLogger(__name__)
 

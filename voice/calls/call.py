@@ -1,5 +1,8 @@
 """A live SIP call as an async object implementing `voice.ivr.call.Call`.
 
+It joins the three rooms below it: the SIP engine (voice/sip), live speech (voice/asr) and the
+IVR's call protocol (voice/ivr), which is why it lives with the calls and not in voice/sip.
+
 Everything here runs on the event loop. Audio is handed to the engine's player (no pjlib call);
 DTMF digits arrive from the engine in order and wait in a queue, so a key typed during a prompt
 both stops the prompt (barge-in) and answers the next `gather`.
@@ -10,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,7 +54,6 @@ class SipCall:
         self._digit_arrived = asyncio.Event()
         self.end_code: int | None = None
         self.end_reason: str | None = None
-        self.last_digit_at: float | None = None  # monotonic, for latency measurements
         # Live speech (None: keypad only). The caller's grammar finals wait in `_heard`.
         self._speech: CallSpeech | None = None
         self._phrases: PhraseSet | None = None
@@ -265,7 +266,6 @@ class SipCall:
         if digit not in DTMF_KEYS:
             log.info("call %s: ignoring DTMF %r", self.identity.key, digit)
             return
-        self.last_digit_at = time.monotonic()
         self._reply.key()
         self._digits.put_nowait(digit)
         self._digit_arrived.set()

@@ -18,20 +18,19 @@ import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from voice.audio import SAMPLE_RATE, Rendered, Span
 from voice.config import TtsConfig
 from voice.ivr import say
 from voice.ivr.prompts import PROMPTS
 from voice.ivr.tts import TtsError, piper_render, resolve_engine
 
-__all__ = ["TtsError"]  # raised by the library; defined with the engines
-
-SAMPLE_RATE = 16000  # Hz, the pjsua2 conference bridge rate
+# Raised by the library, defined with the engines; the audio types come from voice/audio.py.
+__all__ = ["SAMPLE_RATE", "Rendered", "Span", "TtsError"]
 
 WORD_GAP_S = 0.060
 SENTENCE_GAP_S = 0.300
@@ -43,25 +42,6 @@ PREWARM_THREADS = 2  # the target machine has 2 cores; TTS is CPU bound
 
 _TOKEN_RE = re.compile(r"[a-z0-9_]+")
 _SENTENCE_END = (".", "?", "!")
-
-
-@dataclass(frozen=True)
-class Span:
-    """One clip of a rendered prompt: its text and where it is, in samples."""
-
-    text: str
-    start: int
-    end: int
-
-
-class Rendered(np.ndarray):
-    """Rendered PCM (int16 at SAMPLE_RATE) with the `spans` it says; any slice or result of
-    arithmetic on it has no spans (it no longer says them)."""
-
-    spans: tuple[Span, ...]
-
-    def __array_finalize__(self, obj: object) -> None:
-        self.spans = ()
 
 
 def _silence(seconds: float) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voice.ivr.clips import SAMPLE_RATE
+from voice.audio import SAMPLE_RATE
 
 LEVEL = 8000  # int16 peak: clearly audible, far from clipping after a codec
 

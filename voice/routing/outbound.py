@@ -1,8 +1,8 @@
-"""Collector-placed calls: click-to-call (the web page) and a softphone dialling a customer.
+"""Collector-placed calls' policy: the softphone's check, caller ID, and status words.
 
-Both end the same way: the customer is dialled through Kamailio (`sip:+1...@<realm>`, which
-Kamailio sends to `kamailio.gateway`, the trunk) presenting the caller ID in From and
-P-Asserted-Identity, then customer and collector are bridged and recorded on two channels.
+The calls themselves are scripts in voice/calls/collector.py. The customer is dialled through
+Kamailio (`sip:+1...@<realm>`, which Kamailio sends to `kamailio.gateway`, the trunk)
+presenting the caller ID in From and P-Asserted-Identity (`caller_id_headers`).
 Each is one outbound `calls` row on the account; its `call_events` tell its progress:
 
     click_to_call | softphone_call    who asked, which collector, which number, caller ID
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,13 +31,7 @@ from sqlalchemy.orm import Session
 from accounts.models import Account, Collector, Contact, Softphone
 from accounts.phones import InvalidPhone, normalize
 from voice.config import Config
-from voice.ivr import tones
-from voice.ivr.call import HangUp
 from voice.routing.guardrails import Guardrails, Refusal, record_refusal
-from voice.sip.call import SipCall
-
-if TYPE_CHECKING:
-    from voice.routing.line import CallLine
 
 log = logging.getLogger(__name__)
 
@@ -143,54 +136,3 @@ def audit_softphone_refusal(
 ) -> None:
     actor = SoftphoneActor(None, f"softphone:{softphone}")
     record_refusal(session_factory, actor, None, account or "-", e164, refusal)  # type: ignore[arg-type]
-
-
-async def connect_customer(
-    line: CallLine,
-    collector_leg: SipCall,
-    *,
-    e164: str,
-    caller_id: str,
-    collector: str,
-    user: str,
-) -> tuple[str, str]:
-    """Dial the customer while the collector hears ringback, then bridge them.
-
-    Returns (end reason, a sentence for the note). The collector's leg must be answered.
-    """
-    cfg = line.worker.cfg
-    journal = line.journal
-    from_uri, headers = caller_id_headers(caller_id, cfg.kamailio.realm)
-    await journal.event("dialling_customer", {"to": e164, "caller_id": caller_id or None})
-    await line.hold(collector_leg)
-    try:
-        ring = await line.ring_uri(
-            sip_uri(e164, cfg.kamailio.realm),
-            cfg.agents.customer_ring_timeout,
-            from_uri=from_uri,
-            headers=headers,
-        )
-    except HangUp:
-        await journal.event("ended", {"seconds": 0, "ended_by": "collector"})
-        return "collector hung up before the customer answered", "The collector hung up first."
-    finally:
-        await line.unhold(collector_leg)
-    await journal.event("customer_" + ring.outcome, {"code": ring.code})
-    if ring.outcome != "answered":
-        prompt = "agent_busy_customer" if ring.outcome == "busy" else "agent_no_answer_customer"
-        try:
-            await collector_leg.play([prompt], barge_in=False)
-            await collector_leg.play_audio(tones.error())
-        except HangUp:
-            pass
-        await collector_leg.hangup()
-        what = {"busy": "was busy", "no_answer": "did not answer"}.get(ring.outcome, "failed")
-        return f"customer {what}", f"The customer {what} ({ring.code or 'no response'})."
-    await line.worker.mark_answered(line.call_id)
-    await journal.event("bridged", {"collector": collector})
-    done = await line.bridge(ring.leg, collector_leg, collector=collector, user=user)
-    await journal.event("ended", {"seconds": round(done.seconds, 1), "ended_by": done.ended_by})
-    return (
-        f"{done.ended_by} hung up",
-        f"Talked {done.seconds:.0f} s; the {done.ended_by} hung up.",
-    )

@@ -1,17 +1,16 @@
 """Agent transfer (menu 0): ring the account's collector, then the team, bridge; else voicemail.
 
-Who is rung, in order (`agents_for`):
+Who is rung, in order (accounts/reach.py `agents_for`):
 1. the account's collector (`Account.collector_id`), if active;
 2. with `agents.try_team`, "the team": the other active collectors, by name, at most
    `agents.team_size` of them.
-A collector is reached through their softphone (`softphones.collector_id`; dialled as
-`sip:USER@<kamailio.realm>` through Kamailio, so only when the worker has a proxy), else their
-configured `Collector.sip_uri` (dialled directly: developer mode). A collector with neither is
-skipped. Each is rung for `agents.ring_timeout` seconds while the customer hears ringback;
-busy (486/600/603), declined or unreachable moves on at once. Nobody answered, or nobody to
+A collector is reached through their softphone, else their configured `Collector.sip_uri`
+(accounts/reach.py `route_of`); a collector with neither is skipped. Each is rung for
+`agents.ring_timeout` seconds while the customer hears ringback; busy (486/600/603), declined
+or unreachable moves on at once. Nobody answered, or nobody to
 ring: voicemail (`agents.voicemail`), flagged for the account's collector.
 
-`AgentTransfer` is pure over `AgentLine` (the SIP side, voice/routing/line.py in the worker)
+`AgentTransfer` is pure over `AgentLine` (the SIP side, voice/calls/line.py in the worker)
 and the call's journal, so the ordering runs against fakes in unit tests.
 """
 
@@ -21,26 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from accounts.models import Collector, Softphone
+from accounts.reach import Agent
 from accounts.views import AccountSummary
 from voice.config import AgentsConfig
 from voice.ivr.inbound import Handoff, Journal
 
 BUSY_CODES = frozenset({486, 600, 603})
-# Names that never resolve (RFC 2606, RFC 6761): the demo data's placeholders. Dialling one
-# would only stall the SIP thread on a DNS lookup.
-RESERVED_DOMAINS = (".example", ".invalid", ".test", ".localhost")
-
-
-@dataclass(frozen=True)
-class Agent:
-    collector_id: int
-    name: str
-    uri: str  # the SIP URI dialled
-    via: str  # "softphone alice" or "sip_uri"
 
 
 @dataclass
@@ -181,48 +166,3 @@ def ring_outcome(answered: bool, timed_out: bool, code: int | None) -> str:
     if code in (408, 480, 487):
         return "no_answer"
     return "failed"
-
-
-def route_of(
-    collector: Collector, softphones: list[str], *, realm: str, proxy: bool
-) -> Agent | None:
-    """How to reach a collector: a softphone through Kamailio, else their sip_uri."""
-    if proxy and softphones:
-        user = sorted(softphones)[0]
-        return Agent(collector.id, collector.name, f"sip:{user}@{realm}", f"softphone {user}")
-    uri = (collector.sip_uri or "").strip()
-    host = uri.rsplit("@", 1)[-1].split(":", 1)[0].split(";", 1)[0].lower()
-    if uri.lower().startswith("sip:") and not host.endswith(RESERVED_DOMAINS):
-        return Agent(collector.id, collector.name, uri, "sip_uri")
-    return None
-
-
-def agents_for(
-    session: Session,
-    collector_id: int | None,
-    *,
-    realm: str,
-    proxy: bool,
-    try_team: bool,
-    team_size: int,
-) -> list[Agent]:
-    """Whom to ring for an account assigned to `collector_id`, in order (module docstring)."""
-    collectors = list(
-        session.scalars(
-            select(Collector).where(Collector.active.is_(True)).order_by(Collector.name)
-        )
-    )
-    phones: dict[int, list[str]] = {}
-    for user, owner in session.execute(select(Softphone.username, Softphone.collector_id)):
-        if owner is not None:
-            phones.setdefault(owner, []).append(user)
-    routes = {
-        c.id: route
-        for c in collectors
-        if (route := route_of(c, phones.get(c.id, []), realm=realm, proxy=proxy)) is not None
-    }
-    ordered = [routes[collector_id]] if collector_id in routes else []
-    if try_team:
-        team = [routes[c.id] for c in collectors if c.id != collector_id and c.id in routes]
-        ordered += team[:team_size]
-    return ordered

@@ -221,10 +221,6 @@ class SipEngine:
         self._stopping.set()
         self._thread.join(timeout)
 
-    @property
-    def active_calls(self) -> int:
-        return len(self._calls)
-
     def play(
         self,
         key: int,

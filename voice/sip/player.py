@@ -6,7 +6,7 @@ without calling into pjlib.
 
 The player is also the clock of what the IVR said: its `listener` hears every frame sent, and,
 if it has `saying(spans)` and `said()` methods, is told just before the first frame of each
-rendered prompt (voice/ivr/clips.py `Rendered`: text per clip) and just after its last one
+rendered prompt (voice/audio.py `Rendered`: text per clip) and just after its last one
 (whole, cut or replaced), so it can time what we said without recognising it. All on the media
 thread, in frame order; the listener must only queue.
 """
@@ -21,13 +21,10 @@ from typing import Any
 import numpy as np
 import pjsua2 as pj
 
-from voice.ivr.clips import SAMPLE_RATE, Span
+from voice.audio import FRAME_BYTES, FRAME_TIME, SAMPLE_RATE, Span
 
 log = logging.getLogger(__name__)
 
-FRAME_TIME = 0.020  # 20 ms, pjmedia's default ptime
-FRAME_SAMPLES = int(SAMPLE_RATE * FRAME_TIME)
-FRAME_BYTES = FRAME_SAMPLES * 2
 _SILENCE = bytes(FRAME_BYTES)
 
 

@@ -15,16 +15,13 @@ voice/sip/engine.py): between calls there are no sinks and frames are dropped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import pjsua2 as pj
 
-from voice.ivr.clips import SAMPLE_RATE
-from voice.sip.player import FRAME_BYTES, FRAME_TIME
+from voice.audio import FRAME_BYTES, FRAME_TIME, SAMPLE_RATE, Sink
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[bytes], None]
 _SILENCE = bytes(FRAME_BYTES)
 
 

@@ -1,7 +1,8 @@
 """The SIP side of reaching a person, in the call worker: ring, bridge, record, voicemail.
 
 `CallLine` implements `AgentLine` (voice/routing/transfer.py) for one customer call, and the
-pieces click-to-call and softphone calls share (voice/routing/outbound.py):
+pieces click-to-call and softphone calls share (voice/calls/collector.py). It is built from
+what it needs (a way to place a leg, the call's `CallLog` and `CallMedia`), not from a worker:
 
 - `ring`: place a leg (`purpose="leg"`: no IVR runs on it), wait for an answer up to a
   timeout, CANCEL on timeout, and say how it ended (answered, busy, no_answer, failed);
@@ -23,28 +24,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from accounts.models import Note, utcnow
-from accounts.outcomes import OutcomeError, mark_outcome, parse_dtmf_outcome
-from accounts.transcription import live_marker
+from accounts.outcomes import OutcomeError, parse_dtmf_outcome
+from accounts.reach import Agent
 from accounts.views import AccountSummary
 from recordings.book import recording_line
 from recordings.capture import WavWriter
-from voice.asr.live import CallSpeech
+from voice.calls.call import SipCall
+from voice.calls.journal import CallLog
+from voice.calls.media import BridgeRecording, CallMedia
 from voice.ivr import tones
 from voice.ivr.call import HangUp
-from voice.routing.transfer import Agent, Connected, Ring, Voicemail, ring_outcome
+from voice.routing.transfer import Connected, Ring, Voicemail, ring_outcome
 from voice.routing.voicemail import record_message
-from voice.sip.call import SipCall
 from voice.sip.engine import CallRefused
-from voice.sip.player import FRAME_BYTES
-
-if TYPE_CHECKING:
-    from voice.worker import CallLog, Worker
 
 log = logging.getLogger(__name__)
 
@@ -54,36 +50,37 @@ MAX_CODE = 24  # keys of one outcome code before the collector's buffer is dropp
 
 
 @dataclass
-class BridgeRecording:
-    """What a PCI pause must silence while a customer and a collector are bridged."""
-
-    recording_id: int | None
-    writer: WavWriter | None
-    speech: CallSpeech | None
-    started: float  # monotonic
-
-
-@dataclass
 class Bridged:
     seconds: float
     ended_by: str  # "customer" or "collector"
     recording_id: int | None
 
 
+# Place a call that runs no IVR: (uri, from_uri=, headers=) -> the leg (voice/calls/worker.py).
+PlaceLeg = Callable[..., Awaitable[SipCall]]
+
+
 class CallLine:
     def __init__(
-        self, worker: Worker, call_id: int, journal: CallLog, waiting: SipCall | None = None
+        self,
+        place: PlaceLeg,
+        log: CallLog,
+        media: CallMedia,
+        *,
+        voicemail_max_seconds: float,
+        waiting: SipCall | None = None,
     ) -> None:
-        self.worker = worker
-        self.call_id = call_id
-        self.journal = journal
+        self.place = place
+        self.journal = log
+        self.media = media
+        self.call_id = log.call_id
+        self.voicemail_max_seconds = voicemail_max_seconds
         # The party on hold while a leg rings: if they hang up, ringing stops (HangUp).
         self.waiting = waiting
 
     @property
     def engine(self) -> Any:
-        assert self.worker.engine is not None
-        return self.worker.engine
+        return self.media.engine
 
     # -- AgentLine ------------------------------------------------------------------------------
 
@@ -110,16 +107,14 @@ class CallLine:
         message = await record_message(
             call,
             capture,
-            self.worker.cfg.agents.voicemail_max_seconds,
+            self.voicemail_max_seconds,
             tones.beep(),
             time.monotonic,
         )
         if not message.started or capture.recording_id is None:
             await capture.discard()
             return None
-        rec = await asyncio.to_thread(
-            self.worker.book.close, capture.recording_id, call_seconds=message.seconds
-        )
+        rec = await self.media.close_recording(capture.recording_id, message.seconds)
         transcript = await capture.transcript()
         lines = [
             f"Voicemail for {collector or 'the collections team'} from "
@@ -130,8 +125,8 @@ class CallLine:
         ]
         if transcript:
             lines.append(f"Transcript: {transcript}")
-        note_id = await asyncio.to_thread(
-            self._add_note, account.id, "voicemail", "voicemail", "\n".join(lines)
+        note_id = await self.journal.add_note(
+            account.id, "voicemail", "voicemail", "\n".join(lines)
         )
         await self.journal.event(
             "voicemail",
@@ -157,7 +152,7 @@ class CallLine:
     ) -> Ring:
         """Place a leg to `uri` and wait up to `timeout` s for its answer (CANCEL after)."""
         try:
-            leg = await self.worker.place_leg(uri, from_uri=from_uri, headers=headers)
+            leg = await self.place(uri, from_uri=from_uri, headers=headers)
         except (CallRefused, ValueError) as exc:
             log.warning("call %d: could not ring %s: %s", self.call_id, uri, exc)
             return Ring("failed", getattr(exc, "code", None))
@@ -198,23 +193,23 @@ class CallLine:
             return Bridged(0.0, "customer" if customer.ended else "collector", None)
         started = time.monotonic()
         sinks: list[tuple[int, Any]] = []
-        recording_id, writer = await self._open_stereo()
+        recording_id, writer = await self.media.open_stereo()
         if writer is not None:
             sinks += [(customer.key, writer.sink(0)), (agent.key, writer.sink(1))]
-        speech = self._speech(recording_id, caller_speech)
+        speech = self.media.bridge_speech(recording_id, caller_speech)
         if speech is not None:
             sinks.append((agent.key, speech.sink("agent")))
             if caller_speech:
                 sinks.append((customer.key, speech.sink("caller")))
         for key, sink in sinks:
             await engine.add_sink(key, sink)
-        # PCI pause reaches this recording and these recognisers through the worker.
-        self.worker.bridges[self.call_id] = BridgeRecording(recording_id, writer, speech, started)
+        # PCI pause reaches this recording and these recognisers through the call's media.
+        self.media.bridge = BridgeRecording(recording_id, writer, speech, started)
         outcomes = asyncio.create_task(self._outcomes(agent, user or collector))
         try:
             await SipCall._first(customer.wait_ended(), agent.wait_ended())
         finally:
-            self.worker.bridges.pop(self.call_id, None)
+            self.media.bridge = None
             seconds = time.monotonic() - started
             ended_by = "customer" if customer.ended else "collector"
             outcomes.cancel()
@@ -228,42 +223,8 @@ class CallLine:
             if speech is not None:
                 await speech.close()
             if writer is not None and recording_id is not None:
-                await self._close_stereo(recording_id, writer, seconds)
+                await self.media.close_stereo(recording_id, writer, seconds)
         return Bridged(seconds, ended_by, recording_id)
-
-    async def _open_stereo(self) -> tuple[int | None, WavWriter | None]:
-        try:
-            recording_id, wav = await asyncio.to_thread(
-                self.worker.book.open, self.call_id, kind="call", channels=2
-            )
-            return recording_id, WavWriter(wav, 2, frame_bytes=FRAME_BYTES)
-        except Exception:
-            # No recording must not mean no call: the note says what was recorded.
-            log.exception("call %d: bridged recording could not be opened", self.call_id)
-            return None, None
-
-    async def _close_stereo(self, recording_id: int, writer: WavWriter, seconds: float) -> None:
-        try:
-            await asyncio.to_thread(writer.close)
-            await asyncio.to_thread(self.worker.book.close, recording_id, call_seconds=seconds)
-            self.worker.metrics["recordings_total"] += 1
-        except Exception:
-            log.exception("recording %d could not be finalised", recording_id)
-            self.worker.metrics["recordings_failed_total"] += 1
-
-    def _speech(self, recording_id: int | None, caller: bool) -> CallSpeech | None:
-        worker = self.worker
-        if worker.model is None or not worker.cfg.asr.live:
-            return None
-        call_id = self.call_id
-        return CallSpeech(
-            worker.model,
-            asyncio.get_running_loop(),
-            speakers=("caller", "agent") if caller else ("agent",),
-            transcribe=True,
-            on_segment=lambda seg: worker._store_soon(call_id, recording_id, seg),
-            on_closed=live_marker(worker.sessions, recording_id, worker.cfg.asr),
-        )
 
     async def _outcomes(self, agent: SipCall, user: str) -> None:
         """Outcome codes keyed on the collector's phone (`*1#`, ...: accounts/outcomes.py)."""
@@ -285,7 +246,7 @@ class CallLine:
     async def _store_outcome(self, agent: SipCall, code: str, user: str) -> None:
         try:
             marking = parse_dtmf_outcome(code)
-            outcome_id = await asyncio.to_thread(self._mark, marking, user[:100])
+            outcome_id = await self.journal.mark_outcome(marking, user[:100])
         except (OutcomeError, LookupError) as exc:
             await self.journal.event("outcome_refused", {"code": code, "error": str(exc)})
             sound = tones.error()
@@ -296,26 +257,6 @@ class CallLine:
             sound = tones.confirm()
         with contextlib.suppress(HangUp):
             await agent.play_audio(sound, wait=False)  # the collector's player: they alone hear it
-
-    def _mark(self, marking: Any, user: str) -> int:
-        sessions: sessionmaker[Session] = self.worker.sessions
-        with sessions.begin() as session:
-            return mark_outcome(session, self.call_id, marking, user=user).id
-
-    def _add_note(self, account_id: int, kind: str, author: str, body: str) -> int:
-        sessions: sessionmaker[Session] = self.worker.sessions
-        with sessions.begin() as session:
-            note = Note(
-                account_id=account_id,
-                call_id=self.call_id,
-                created_at=utcnow(),
-                author=author,
-                kind=kind,
-                body=body,
-            )
-            session.add(note)
-            session.flush()
-            return note.id
 
 
 class TapCapture:
@@ -330,15 +271,11 @@ class TapCapture:
         self._segments_before: int | None = None
 
     async def start(self) -> None:
-        worker = self.line.worker
-        self.recording_id, wav = await asyncio.to_thread(
-            worker.book.open, self.line.call_id, kind="voicemail", channels=1
-        )
-        limit = worker.cfg.agents.voicemail_max_seconds
-        self.writer = WavWriter(wav, 1, frame_bytes=FRAME_BYTES, max_seconds=limit)
+        media = self.line.media
+        self.recording_id, self.writer = await media.open_voicemail(self.line.voicemail_max_seconds)
         self._sink = self.writer.sink(0)
-        speech = worker.speech.get(self.call.key)
-        self._segments_before = len(speech.segments) if speech is not None else None
+        heard = media.caller_segments()
+        self._segments_before = len(heard) if heard is not None else None
         await self.line.engine.add_sink(self.call.key, self._sink)
 
     async def stop(self) -> float:
@@ -350,13 +287,13 @@ class TapCapture:
 
     async def discard(self) -> None:
         if self.writer is not None and self.recording_id is not None:
-            await asyncio.to_thread(self.line.worker.book.close, self.recording_id)
+            await self.line.media.close_recording(self.recording_id)
 
     async def transcript(self) -> str:
         """What the caller said in the message, when the call has a live transcript."""
-        speech = self.line.worker.speech.get(self.call.key)
-        if speech is None or self._segments_before is None:
+        if self.line.media.caller_segments() is None or self._segments_before is None:
             return ""
         await asyncio.sleep(TRANSCRIPT_SETTLE)  # the last utterance's final comes after silence
-        said = [s for s in speech.segments[self._segments_before :] if s.speaker == "caller"]
+        heard = self.line.media.caller_segments() or []
+        said = [s for s in heard[self._segments_before :] if s.speaker == "caller"]
         return " ".join(s.text for s in said)

@@ -1,0 +1,192 @@
+"""Every database write one call makes, through one `CallLog` with its retries.
+
+The call's row (`start`), its answer time, its account (found by the IVR, or the attempt the
+guardrails reserved), its progress events, notes (a voicemail's), outcome codes keyed by the
+collector, the transcript's utterances as they end, and the closing note with its recording
+lines, after which the CRM is owed the transcript.
+
+Bookkeeping must never end a customer's call: a write that fails (SQLite's lock held past
+its busy timeout on a saturated machine, a database restart) is retried with back-off
+(accounts/retry.py); an event that still fails is logged and skipped, while the note and the
+transcript are retried longest (start-up repair closes what is left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from accounts import attempts
+from accounts.outcomes import Marking, mark_outcome
+from accounts.retry import retry_db
+from accounts.services import CallJournal
+from accounts.views import AccountSummary
+from recordings.book import RecordingBook
+from voice.asr.live import Segment
+
+log = logging.getLogger(__name__)
+
+EVENT_TRIES = 3  # a call event: ~0.75 s of retries, then it is skipped (the call goes on)
+NOTE_TRIES = 8  # the closing note: ~20 s of retries (start-up repair closes what is left)
+TRANSCRIPT_WAIT = 60.0  # seconds the last utterances may take to be stored after hang-up
+
+
+class CallLog:
+    """The IVR's `Journal` for one call, and every other write the call makes.
+
+    `sessions` (attempts, outcomes, notes), `book` (recording lines on the note) and `metrics`
+    are what a worker's call has; a unit test may give only the journal.
+    """
+
+    def __init__(
+        self,
+        journal: CallJournal,
+        call_id: int,
+        *,
+        sessions: sessionmaker[Session] | None = None,
+        book: RecordingBook | None = None,
+        metrics: collections.Counter[str] | None = None,
+    ) -> None:
+        self._journal = journal
+        self.call_id = call_id
+        self._sessions = sessions
+        self._book = book
+        self._metrics = metrics if metrics is not None else collections.Counter()
+        self._storing: set[asyncio.Task[None]] = set()  # utterance writes in flight
+
+    @classmethod
+    async def start(
+        cls, journal: CallJournal, *, sip_call_id: str, worker: str, **parties: Any
+    ) -> int:
+        """The call's row (direction, caller, callee): its id. Retried longest, then raised."""
+        return await retry_db(
+            NOTE_TRIES, journal.start_call, sip_call_id=sip_call_id, worker=worker, **parties
+        )
+
+    # -- the IVR's Journal --------------------------------------------------------------------
+
+    async def event(self, kind: str, detail: dict[str, Any]) -> None:
+        await self._write(f"event {kind}", EVENT_TRIES, self._journal.add_event, kind, detail)
+
+    async def identified(self, account: AccountSummary, how: str) -> None:
+        await self._write("account", EVENT_TRIES, self._journal.set_account, account.id)
+        await self.event("identified", {"account": account.number, "how": how})
+
+    async def finish(self, status: str, end_reason: str, summary: str) -> None:
+        def finish_call(call_id: int) -> None:
+            self._journal.finish_call(
+                call_id, status=status, end_reason=end_reason, summary=summary
+            )
+
+        await self._write("note", NOTE_TRIES, finish_call)
+
+    # -- the rest of a call's writes ----------------------------------------------------------
+
+    async def answered(self) -> None:
+        """Raises when the database still refuses (an inbound call is not taken then)."""
+        await retry_db(EVENT_TRIES, self._journal.answered, self.call_id)
+
+    async def set_account(self, account_id: int) -> None:
+        await retry_db(EVENT_TRIES, self._journal.set_account, self.call_id, int(account_id))
+
+    async def attach_attempt(self, attempt: int) -> None:
+        """This call is the attempt the guardrails reserved (accounts/attempts.py): it counts
+        once, on the attempt's account."""
+        assert self._sessions is not None
+        await retry_db(EVENT_TRIES, attempts.attach, self._sessions, int(attempt), self.call_id)
+
+    async def add_note(self, account_id: int, kind: str, author: str, body: str) -> int:
+        return await asyncio.to_thread(
+            self._journal.add_note, self.call_id, account_id, kind=kind, author=author, body=body
+        )
+
+    async def mark_outcome(self, marking: Marking, user: str) -> int:
+        """An outcome code keyed on the collector's phone; raises OutcomeError/LookupError."""
+        sessions = self._sessions
+        assert sessions is not None
+
+        def mark() -> int:
+            with sessions.begin() as session:
+                return mark_outcome(session, self.call_id, marking, user=user).id
+
+        return await asyncio.to_thread(mark)
+
+    async def close(self, status: str, reason: str, summary: str, author: str) -> None:
+        """A collector-placed call's end: its note (by the collector), the recording lines,
+        then the transcript owed to the CRM once its last utterances are in."""
+
+        def finish() -> None:
+            self._journal.finish_call(
+                self.call_id,
+                status=status,
+                end_reason=reason[:100],
+                summary=f"{summary}\nEnded: {reason}.",
+                author=author[:100],
+            )
+
+        try:
+            await retry_db(NOTE_TRIES, finish)
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: note not written: %s", self.call_id, exc)
+        await self.annotate()
+        await self.transcript_done()  # the bridge's recognisers closed with it
+
+    async def annotate(self) -> None:
+        """The lines of recordings finalised before the note was written, added to it."""
+        assert self._book is not None
+        try:
+            await retry_db(EVENT_TRIES, self._book.annotate, self.call_id)
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: recording lines not added to the note: %s", self.call_id, exc)
+
+    # -- the transcript -------------------------------------------------------------------------
+
+    def segment_writer(self, recording_id: int | None) -> Callable[[Segment], None]:
+        """`CallSpeech.on_segment` for utterances timed against `recording_id`."""
+        return lambda seg: self.store_soon(recording_id, seg)
+
+    def store_soon(self, recording_id: int | None, seg: Segment) -> None:
+        task = asyncio.create_task(self._store(recording_id, seg))
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
+
+    async def transcript_done(self) -> None:
+        """Once every stored utterance is in, owe the CRM the transcript (if there is one)."""
+        pending, self._storing = self._storing, set()
+        if pending:
+            await asyncio.wait(pending, timeout=TRANSCRIPT_WAIT)
+        try:
+            await retry_db(NOTE_TRIES, self._journal.transcript_ready, self.call_id)
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: transcript delivery not queued: %s", self.call_id, exc)
+
+    async def _store(self, recording_id: int | None, seg: Segment) -> None:
+        try:
+            await retry_db(
+                NOTE_TRIES,
+                self._journal.add_transcript,
+                self.call_id,
+                speaker=seg.speaker,
+                text=seg.text,
+                start=seg.start,
+                end=seg.end,
+                confidence=round(seg.confidence, 3),
+                words=list(seg.words),
+                recording_id=recording_id,
+                source=seg.source,
+            )
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: transcript segment not written: %s", self.call_id, exc)
+        self._metrics["transcript_segments_total"] += 1
+
+    async def _write(self, what: str, tries: int, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await retry_db(tries, fn, self.call_id, *args)
+        except (OperationalError, DBAPIError) as exc:
+            log.error("call %d: %s not written after %d tries: %s", self.call_id, what, tries, exc)

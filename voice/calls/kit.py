@@ -1,0 +1,84 @@
+"""What every call of one worker is made with (`CallKit`), and the IVR's ledger off the loop.
+
+The worker builds one kit when it starts; a call's script gets its `CallLog`, `CallMedia` and
+`CallLine` from it, so none of them needs the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from accounts.services import CallJournal, Ledger
+from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
+from recordings.book import RecordingBook
+from voice.calls.call import SipCall
+from voice.calls.journal import CallLog
+from voice.calls.line import CallLine, PlaceLeg
+from voice.calls.media import CallMedia, Recorder
+from voice.config import Config
+
+
+class AsyncLedger:
+    """The IVR's `Ledger` over the SQLAlchemy service, off the event loop."""
+
+    def __init__(self, ledger: Ledger, today: Callable[[], dt.date] = dt.date.today) -> None:
+        self._ledger = ledger
+        self._today = today
+
+    async def accounts_for_phone(self, caller: str | None) -> list[AccountSummary]:
+        return await asyncio.to_thread(self._ledger.accounts_for_phone, caller)
+
+    async def account_by_number(self, number: str) -> AccountSummary | None:
+        return await asyncio.to_thread(self._ledger.account_by_number, number)
+
+    async def balance(self, account_id: int) -> Balance:
+        return await asyncio.to_thread(self._ledger.balance, account_id, self._today())
+
+    async def last_invoice(self, account_id: int) -> InvoiceSummary | None:
+        return await asyncio.to_thread(self._ledger.last_invoice, account_id)
+
+    async def last_payment(self, account_id: int) -> PaymentSummary | None:
+        return await asyncio.to_thread(self._ledger.last_payment, account_id)
+
+
+@dataclass
+class CallKit:
+    cfg: Config
+    worker: str  # the worker's name, on every call row
+    sessions: sessionmaker[Session]
+    journal: CallJournal
+    book: RecordingBook
+    recorder: Recorder
+    place: PlaceLeg  # a leg that runs no IVR (Worker.place_leg)
+    metrics: collections.Counter[str]
+
+    async def open_log(self, *, sip_call_id: str, **parties: Any) -> CallLog:
+        """The call's row (direction, caller, callee) and the log of everything it writes."""
+        call_id = await CallLog.start(
+            self.journal, sip_call_id=sip_call_id, worker=self.worker, **parties
+        )
+        return self.log(call_id)
+
+    def log(self, call_id: int) -> CallLog:
+        return CallLog(
+            self.journal, call_id, sessions=self.sessions, book=self.book, metrics=self.metrics
+        )
+
+    def media(self, log: CallLog) -> CallMedia:
+        return CallMedia(self.recorder, log.call_id, log.segment_writer)
+
+    def line(self, log: CallLog, media: CallMedia, waiting: SipCall | None = None) -> CallLine:
+        return CallLine(
+            self.place,
+            log,
+            media,
+            voicemail_max_seconds=self.cfg.agents.voicemail_max_seconds,
+            waiting=waiting,
+        )
