@@ -485,6 +485,16 @@ event.listen(
 )
 
 
+class WrittenBatch(Base):
+    """A batch of call writes already in the database (accounts/write_behind.py): a batch
+    replayed from a worker's spool after a crash is recognised and not written twice."""
+
+    __tablename__ = "written_batches"
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    written_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+
+
 # Columns added to a table after databases were made with it: create_schema (accounts/db.py)
 # adds each one missing, with its server default, so existing rows get a value.
 ADDED_COLUMNS = (Transcript.__table__.c.source,)

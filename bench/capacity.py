@@ -135,13 +135,23 @@ class SippRun:
 
 
 def run_caller(
-    workdir: Path, port: int, *, calls: int, rate: float, hold_ms: int, time_limit: float
+    workdir: Path,
+    port: int,
+    *,
+    calls: int,
+    rate: float,
+    hold_ms: int,
+    time_limit: float,
+    scenario: Path = CALLER_SCENARIO,
+    local_ip: str = "127.0.0.1",
 ) -> SippRun:
-    """The fleet IVR caller: `calls` calls at `rate`/s, all allowed to overlap."""
+    """The fleet IVR caller: `calls` calls at `rate`/s, all allowed to overlap (`scenario`:
+    another caller script with the same keys, e.g. bench/soak.py's transfer; `local_ip`: the
+    loopback address calling, e.g. a trunk's that is not the softphones' 127.0.0.1)."""
     workdir.mkdir(parents=True)
     args = [
-        *("sipp", "-sf", str(CALLER_SCENARIO), "-key", "caller", KNOWN, "-s", "ivr"),
-        *("-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port_block(4))),
+        *("sipp", "-sf", str(scenario), "-key", "caller", KNOWN, "-s", "ivr"),
+        *("-i", local_ip, "-p", str(free_port()), "-mp", str(free_port_block(4))),
         *("-m", str(calls), "-l", str(calls), "-r", f"{rate:g}", "-d", str(hold_ms)),
         *("-timeout", f"{math.ceil(time_limit)}s", "-timeout_error", "-nostdin"),
         *("-trace_err", "-error_file", "errors.log", "-trace_stat", "-stf", "stat.csv"),

@@ -87,13 +87,18 @@ class Softphone:
         *,
         answer: str = "auto",
         registrar: tuple[int, str] | None = None,
+        max_calls: int | None = None,
     ) -> None:
+        """`max_calls`: baresip refuses calls beyond it with 486 Busy Here (its default is 4)."""
         folder.mkdir(parents=True)
         self.folder, self.user = folder, user
         self.sip_port = free_port()
         self.ctrl_port = free_port(socket.SOCK_STREAM)
         source = write_wav(folder / "voice.wav", COLLECTOR_SOUND, 8000)
-        (folder / "config").write_text(baresip_config(self.sip_port, source, self.ctrl_port))
+        config = baresip_config(self.sip_port, source, self.ctrl_port)
+        if max_calls is not None:
+            config += f"call_max_calls {max_calls}\n"
+        (folder / "config").write_text(config)
         if registrar is None:
             account = f"<sip:{user}@127.0.0.1:{self.sip_port}>;regint=0;answermode={answer}"
         else:

@@ -1,0 +1,208 @@
+"""A call's writes behind the call (accounts/write_behind.py), on real SQLite and PostgreSQL.
+
+The database is made to refuse for real: another connection holds SQLite's write lock
+(BEGIN EXCLUSIVE) past a short busy timeout, as a saturated machine does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from accounts.db import create_schema, make_engine, make_sessions
+from accounts.models import Call, CallEvent, WrittenBatch
+from accounts.services import CallJournal
+from accounts.write_behind import WriteBehind, read_spool
+
+
+def new_call(sessions: sessionmaker[Session], sip: str = "c1") -> int:
+    return CallJournal(sessions).start_call(
+        direction="inbound", caller="+12125550101", callee="ivr", worker="w0", sip_call_id=sip
+    )
+
+
+def events(sessions: sessionmaker[Session], call_id: int) -> list[tuple[int, str, dict]]:
+    with sessions() as session:
+        rows = session.execute(
+            select(CallEvent.seq, CallEvent.kind, CallEvent.detail)
+            .where(CallEvent.call_id == call_id)
+            .order_by(CallEvent.seq)
+        ).all()
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+@pytest.fixture
+async def writer(
+    db_sessions: sessionmaker[Session], tmp_path: Path
+) -> AsyncIterator[WriteBehind]:
+    wb = WriteBehind(db_sessions, tmp_path / "spool" / "w0.jsonl")
+    task = asyncio.create_task(wb.run())
+    yield wb
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_writes_land_in_order_with_the_time_they_were_made(
+    db_sessions: sessionmaker[Session], writer: WriteBehind
+) -> None:
+    call_id = new_call(db_sessions)
+    before = dt.datetime.now(dt.UTC)
+    writer.submit("answered", call_id)
+    for n in range(50):
+        writer.submit("add_event", call_id, kind="key", detail={"n": n})
+    writer.submit("finish_call", call_id, status="completed", end_reason="hung up", summary="s")
+    assert writer.pending == 52
+    assert await writer.flush(10)
+    got = events(db_sessions, call_id)
+    assert [d["n"] for _, _, d in got] == list(range(50))
+    assert [s for s, _, _ in got] == list(range(1, 51))
+    with db_sessions() as session:
+        call = session.get(Call, call_id)
+        assert call is not None and call.status == "completed"
+        assert call.answered_at is not None and call.answered_at >= before - dt.timedelta(seconds=1)
+        # One batch: one id recorded.
+        assert session.scalar(select(func.count()).select_from(WrittenBatch)) == 1
+    assert writer.pending == 0 and writer.oldest_age() == 0.0
+    assert not writer.spool.exists()
+
+
+async def test_a_rejected_write_is_dropped_and_the_others_land(
+    db_sessions: sessionmaker[Session], writer: WriteBehind
+) -> None:
+    call_id = new_call(db_sessions)
+    writer.submit("add_event", call_id, kind="a", detail={})
+    writer.submit("add_event", 999_999, kind="ghost", detail={})  # no such call
+    writer.submit("add_event", call_id, kind="b", detail={})
+    assert await writer.flush(10)
+    assert [k for _, k, _ in events(db_sessions, call_id)] == ["a", "b"]
+    assert writer.stats.dropped == 1 and writer.stats.written == 2
+
+
+def test_a_write_that_cannot_be_kept_is_refused_at_once(tmp_path: Path) -> None:
+    wb = WriteBehind(None, tmp_path / "w0.jsonl")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a call write"):
+        wb.submit("drop_table", 1)
+    with pytest.raises(TypeError):
+        wb.submit("add_event", 1, kind="k", detail={"when": dt.datetime.now()})
+    assert wb.pending == 0
+
+
+# -- the database refuses (SQLite's write lock held by another process) -------------------------
+
+
+@pytest.fixture
+def locked_sqlite(tmp_path: Path) -> Iterator[tuple[sessionmaker[Session], sqlite3.Connection]]:
+    path = tmp_path / "voice.db"
+    engine = make_engine(f"sqlite:///{path}", busy_timeout_ms=50)
+    create_schema(engine)
+    holder = sqlite3.connect(path, isolation_level=None, timeout=5)
+    yield make_sessions(engine), holder
+    holder.close()
+    engine.dispose()
+
+
+async def test_a_locked_database_never_makes_the_call_wait_and_loses_nothing(
+    locked_sqlite: tuple[sessionmaker[Session], sqlite3.Connection], tmp_path: Path
+) -> None:
+    sessions, holder = locked_sqlite
+    call_id = new_call(sessions)
+    spool = tmp_path / "spool" / "w0.jsonl"
+    wb = WriteBehind(sessions, spool)
+    task = asyncio.create_task(wb.run())
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.perf_counter()
+        for n in range(20):
+            wb.submit("add_event", call_id, kind="key", detail={"n": n})
+        submit_s = time.perf_counter() - started
+        assert not await wb.flush(1.0)  # the database refuses for now
+        # The call did not wait (20 submits; the lock has been held a second already) ...
+        assert submit_s < 0.05, submit_s
+        # ... and what it owes is on disk, fsynced, before any retry.
+        kept = [w for b in read_spool(spool) for w in b.writes]
+        assert [w["kwargs"]["detail"]["n"] for w in kept] == list(range(20))
+        assert wb.stats.refusals >= 2 and wb.spooled == 20
+        assert wb.oldest_age() >= 1.0
+        holder.execute("COMMIT")
+        assert await wb.flush(15)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [d["n"] for _, _, d in events(sessions, call_id)] == list(range(20))
+    assert not spool.exists() and wb.pending == 0
+
+
+async def test_a_killed_worker_s_spool_is_written_by_the_next_once(
+    locked_sqlite: tuple[sessionmaker[Session], sqlite3.Connection], tmp_path: Path
+) -> None:
+    sessions, holder = locked_sqlite
+    call_id = new_call(sessions)
+    spool = tmp_path / "spool" / "w0.jsonl"
+    first = WriteBehind(sessions, spool)
+    task = asyncio.create_task(first.run())
+    holder.execute("BEGIN EXCLUSIVE")
+    first.submit("add_event", call_id, kind="before", detail={})
+    first.submit("finish_call", call_id, status="completed", end_reason="hung up", summary="s")
+    assert not await first.flush(0.5)
+    task.cancel()  # the worker dies; what it owed is in its spool only
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    holder.execute("COMMIT")
+    assert spool.exists()
+    # A crash mid-append leaves half a line: skipped, the whole batches still written.
+    with spool.open("a") as out:
+        out.write('{"id": "cut", "writes": [{"wri')
+
+    second = WriteBehind(sessions, spool)
+    assert second.stats.replayed == 2
+    task = asyncio.create_task(second.run())
+    try:
+        assert await second.flush(10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [k for _, k, _ in events(sessions, call_id)] == ["before"]
+    with sessions() as session:
+        assert session.get(Call, call_id).status == "completed"  # type: ignore[union-attr]
+    assert not spool.exists()
+
+
+async def test_a_batch_replayed_after_its_commit_is_not_written_twice(
+    db_sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    # Killed between the commit and the spool clean-up: the spool still holds a batch that
+    # is already in the database.
+    call_id = new_call(db_sessions)
+    spool = tmp_path / "w0.jsonl"
+    wb = WriteBehind(db_sessions, spool)
+    wb.submit("add_event", call_id, kind="once", detail={})
+    wb.keep_the_rest()  # spooled as at shutdown
+    line = spool.read_text()
+    task = asyncio.create_task(wb.run())
+    try:
+        assert await wb.flush(10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    spool.write_text(line)
+    again = WriteBehind(db_sessions, spool)
+    task = asyncio.create_task(again.run())
+    try:
+        assert await again.flush(10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [k for _, k, _ in events(db_sessions, call_id)] == ["once"]
