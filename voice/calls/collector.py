@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,11 +82,9 @@ async def click_to_call(
     ring_timeout: float,
 ) -> None:
     """The collector's phone (`leg`, placed already) rings; once they answer, the customer."""
-    status, reason, summary = "completed", "", ""
-    head = f"Click-to-call to {customer} by {agent.name} ({agent.via}) for {user}" + (
-        f", presenting {caller_id}." if caller_id else "."
-    )
-    try:
+    head = f"Click-to-call to {customer} by {agent.name} ({agent.via}) for {user}"
+
+    async def script() -> tuple[str, str]:
         await log_.event("collector_ringing", {"name": agent.name, "via": agent.via})
         try:
             answered = await asyncio.wait_for(leg.wait_answered(), ring_timeout)
@@ -97,12 +95,11 @@ async def click_to_call(
             await leg.hangup()
             outcome = ring_outcome(False, timed_out, leg.end_code)
             await log_.event("collector_" + outcome, {"code": leg.end_code})
-            reason = f"collector {outcome.replace('_', ' ')}"
-            summary = f"The collector's phone: {outcome.replace('_', ' ')}."
-            return
+            words = outcome.replace("_", " ")
+            return f"collector {words}", f"The collector's phone: {words}."
         await log_.event("collector_answered", {"name": agent.name})
         line.waiting = leg
-        reason, summary = await connect_customer(
+        return await connect_customer(
             line,
             log_,
             dialling,
@@ -112,15 +109,8 @@ async def click_to_call(
             collector=agent.name,
             user=user,
         )
-    except asyncio.CancelledError:
-        status, reason = "interrupted", "server shutting down"
-        raise
-    except Exception as exc:
-        log.exception("click-to-call %d failed", log_.call_id)
-        status, reason = "failed", f"error: {type(exc).__name__}"
-        await leg.hangup()
-    finally:
-        await log_.close(status, reason, f"{head}\n{summary}".strip(), agent.name)
+
+    await _noted(script(), "click-to-call", leg, log_, head, caller_id, agent.name)
 
 
 async def softphone_call(
@@ -135,11 +125,9 @@ async def softphone_call(
 ) -> None:
     """A collector's softphone dialled `call.e164` and the check allowed it: answer the
     softphone (`answer(200)`), then reach the customer."""
-    status, reason, summary = "completed", "", ""
-    head = f"Outbound call to {call.e164} by {call.collector} (softphone {call.softphone})" + (
-        f", presenting {caller_id}." if caller_id else "."
-    )
-    try:
+    head = f"Outbound call to {call.e164} by {call.collector} (softphone {call.softphone})"
+
+    async def script() -> tuple[str, str]:
         await log_.attach_attempt(call.attempt)
         await log_.event(
             "softphone_call",
@@ -154,10 +142,9 @@ async def softphone_call(
         )
         await answer(200)
         if not await phone.wait_answered():
-            reason = "collector hung up before the customer was dialled"
-            return
+            return "collector hung up before the customer was dialled", ""
         line.waiting = phone
-        reason, summary = await connect_customer(
+        return await connect_customer(
             line,
             log_,
             dialling,
@@ -167,15 +154,34 @@ async def softphone_call(
             collector=call.collector,
             user=f"softphone:{call.softphone}",
         )
+
+    await _noted(script(), "softphone call", phone, log_, head, caller_id, call.collector)
+
+
+async def _noted(
+    script: Coroutine[Any, Any, tuple[str, str]],
+    what: str,
+    collector_leg: Any,
+    log_: Log,
+    head: str,
+    caller_id: str,
+    author: str,
+) -> None:
+    """Run a collector call's `script` (its end reason and a sentence for the note); however
+    it ends, the call is closed with its note, by the collector."""
+    status, reason, summary = "completed", "", ""
+    try:
+        reason, summary = await script
     except asyncio.CancelledError:
         status, reason = "interrupted", "server shutting down"
         raise
     except Exception as exc:
-        log.exception("softphone call %d failed", log_.call_id)
+        log.exception("%s %d failed", what, log_.call_id)
         status, reason = "failed", f"error: {type(exc).__name__}"
-        await phone.hangup()
+        await collector_leg.hangup()
     finally:
-        await log_.close(status, reason, f"{head}\n{summary}".strip(), call.collector)
+        head += f", presenting {caller_id}." if caller_id else "."
+        await log_.close(status, reason, f"{head}\n{summary}".strip(), author)
 
 
 async def connect_customer(
