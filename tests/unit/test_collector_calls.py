@@ -69,15 +69,8 @@ class FakeLine:
     async def unhold(self, call: Any) -> None:
         self.did.append("unhold")
 
-    async def ring_uri(
-        self,
-        uri: str,
-        timeout: float,
-        *,
-        from_uri: str | None = None,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> Ring:
-        self.did.append(("ring", uri, timeout, from_uri, headers))
+    async def ring_uri(self, uri: str, timeout: float, **caller_id: Any) -> Ring:
+        self.did.append(("ring", uri, timeout, caller_id["from_uri"], caller_id["headers"]))
         if isinstance(self.ring, Exception):
             raise self.ring
         return self.ring

@@ -37,14 +37,10 @@ class Line(Protocol):
 
     async def hold(self, call: Any) -> None: ...
     async def unhold(self, call: Any) -> None: ...
-    async def ring_uri(
-        self,
-        uri: str,
-        timeout: float,
-        *,
-        from_uri: str | None = None,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> Ring: ...
+    async def ring_uri(self, uri: str, timeout: float, **caller_id: Any) -> Ring:
+        """Ring `uri` up to `timeout` s; `caller_id`: `from_uri`, `headers` presenting it."""
+        ...
+
     async def bridge(
         self, customer: Any, agent: Any, *, collector: str, user: str | None = None
     ) -> Any:
