@@ -201,14 +201,22 @@ class CallJournal:
             session.flush()
             return call.id
 
-    def answered(self, call_id: int) -> None:
+    def answered(self, call_id: int, *, at: dt.datetime | None = None) -> None:
+        """`at`: when it was answered, for a write made later (accounts/write_behind.py)."""
         with self._sessions.begin() as session:
             call = self._get(session, call_id)
             # Keep the first answer time if a re-INVITE reports it again.
             if call.answered_at is None:
-                call.answered_at = utcnow()
+                call.answered_at = at or utcnow()
 
-    def add_event(self, call_id: int, kind: str, detail: dict[str, Any] | None = None) -> None:
+    def add_event(
+        self,
+        call_id: int,
+        kind: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        at: dt.datetime | None = None,
+    ) -> None:
         with self._sessions.begin() as session:
             self._get(session, call_id)
             last_seq = select(func.max(CallEvent.seq)).where(CallEvent.call_id == call_id)
@@ -217,7 +225,7 @@ class CallJournal:
                 CallEvent(
                     call_id=call_id,
                     seq=(last or 0) + 1,
-                    at=utcnow(),
+                    at=at or utcnow(),
                     kind=kind,
                     detail=dict(detail or {}),
                 )
@@ -283,6 +291,7 @@ class CallJournal:
         end_reason: str,
         summary: str,
         author: str = "ivr",
+        at: dt.datetime | None = None,
     ) -> int | None:
         """Close the call and, if it reached an account, file its note; returns the note id.
 
@@ -295,7 +304,7 @@ class CallJournal:
             call = self._get(session, call_id)
             if call.status != "in_progress":
                 raise ValueError(f"call {call_id} is already finished ({call.status})")
-            now = utcnow()
+            now = at or utcnow()
             call.status = status
             call.end_reason = end_reason
             call.summary = summary
@@ -366,6 +375,7 @@ class CallJournal:
         if call is None:
             raise UnknownCall(f"no call with id {call_id}")
         return call
+
 
 def _add_note(
     session: Session,
