@@ -106,6 +106,9 @@ def test_the_fleet_counts_real_calls_on_both_workers_and_survives_a_kill(tmp_pat
         # The answered calls wrote their journal: writes were timed and none is left waiting.
         assert grew(after, before, 'voice_db_write_seconds_count{outcome="ok"}') >= 3 * CALLS
         assert after['voice_journal_backlog{state="waiting"}'] == 0
+        # The after-call transcription queue, read from the database at scrape time.
+        assert after["voice_transcription_oldest_pending_seconds"] >= 0
+        assert "voice_transcription_jobs_pending" in after
 
         dial_out(server, gateway_port, tmp_path)
         placed = scrape(server)
