@@ -38,6 +38,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import WrittenBatch, utcnow
+from accounts.retry import BATCH_SECONDS, show_backlog
 from accounts.services import CallJournal
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class WriteBehind:
         self.stats.oldest.append(time.monotonic())
         self._idle.clear()
         self._wake.set()
+        show_backlog(len(self._queue), self.spooled)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far is written; False if not within `timeout`."""
@@ -149,14 +151,17 @@ class WriteBehind:
         pause = BACKOFF_S[0]
         while True:
             batch = self._next()
+            show_backlog(len(self._queue), self.spooled)
             if batch is None:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            started = time.monotonic()
             try:
                 await asyncio.to_thread(self._write, batch)
             except Exception as exc:  # noqa: BLE001 - every failure keeps the batch
+                BATCH_SECONDS.labels("refused").observe(time.monotonic() - started)
                 self.stats.refusals += 1
                 batch.tries += 1
                 if not batch.spooled:
@@ -170,6 +175,7 @@ class WriteBehind:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, BACKOFF_S[1])
                 continue
+            BATCH_SECONDS.labels("written").observe(time.monotonic() - started)
             pause = BACKOFF_S[0]
             self._done(batch)
 

@@ -4,6 +4,7 @@ back with Prometheus' own text parser."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import struct
@@ -16,8 +17,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.retry import retry_db
+from accounts.services import CallJournal
 from voice import telemetry
 from voice.metrics import fresh_dir, process_dead, render
 
@@ -257,3 +260,27 @@ def test_a_spoken_answer_is_timed_from_the_end_of_the_speech_not_its_recognition
     started()
     assert 0.7 <= value("voice_speech_to_audio_seconds_sum") - before < 1.5
 
+
+async def test_the_write_behind_shows_its_queue_and_times_its_transactions(
+    db_sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from accounts.write_behind import WriteBehind
+
+    call_id = CallJournal(db_sessions).start_call(
+        direction="inbound", caller="+12125550101", callee="ivr", worker="w0", sip_call_id="m1"
+    )
+    writer = WriteBehind(db_sessions, tmp_path / "spool" / "w0.jsonl")
+    written = value("voice_journal_batch_seconds_count", {"outcome": "written"})
+    writer.submit("answered", call_id)
+    writer.submit("add_event", call_id, kind="prompt", detail={"tokens": ["menu"]})
+    assert value("voice_journal_backlog", {"state": "queued"}) == 2  # before the writer runs
+    task = asyncio.create_task(writer.run())
+    try:
+        assert await writer.flush(10)
+        assert value("voice_journal_backlog", {"state": "queued"}) == 0
+        assert value("voice_journal_backlog", {"state": "spooled"}) == 0
+        assert value("voice_journal_batch_seconds_count", {"outcome": "written"}) == written + 1
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
