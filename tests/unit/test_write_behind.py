@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.db import create_schema, make_engine, make_sessions
-from accounts.models import Call, CallEvent, WrittenBatch
+from accounts.models import Call, CallEvent, Transcript, WrittenBatch
 from accounts.services import CallJournal
 from accounts.write_behind import WriteBehind, read_spool
 
@@ -40,9 +40,7 @@ def events(sessions: sessionmaker[Session], call_id: int) -> list[tuple[int, str
 
 
 @pytest.fixture
-async def writer(
-    db_sessions: sessionmaker[Session], tmp_path: Path
-) -> AsyncIterator[WriteBehind]:
+async def writer(db_sessions: sessionmaker[Session], tmp_path: Path) -> AsyncIterator[WriteBehind]:
     wb = WriteBehind(db_sessions, tmp_path / "spool" / "w0.jsonl")
     task = asyncio.create_task(wb.run())
     yield wb
@@ -206,3 +204,46 @@ async def test_a_batch_replayed_after_its_commit_is_not_written_twice(
         with pytest.raises(asyncio.CancelledError):
             await task
     assert [k for _, k, _ in events(db_sessions, call_id)] == ["once"]
+
+
+async def test_a_call_log_with_the_write_behind_goes_on_while_the_database_is_locked(
+    locked_sqlite: tuple[sessionmaker[Session], sqlite3.Connection], tmp_path: Path
+) -> None:
+    # The call's side (voice/calls/journal.CallLog) as a worker builds it: each await returns
+    # at once with SQLite's lock held, and everything lands, in order, once it is released.
+    from voice.asr.live import Segment
+    from voice.calls.journal import CallLog
+
+    sessions, holder = locked_sqlite
+    journal = CallJournal(sessions)
+    call_id = new_call(sessions)
+    wb = WriteBehind(sessions, tmp_path / "spool" / "w0.jsonl")
+    task = asyncio.create_task(wb.run())
+    call = CallLog(journal, call_id, sessions=sessions, writes=wb)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.perf_counter()
+        await call.answered()
+        for n in range(10):
+            await call.event("choice", {"key": str(n % 4), "option": "balance"})
+        word = {"word": "잔액", "start": 1.0, "end": 1.6, "conf": 0.9}
+        call.store_soon(None, Segment("caller", 1.0, 1.6, "잔액", 0.9, (word,)))
+        await call.finish("completed", "caller hung up", "no account reached")
+        await call.transcript_done()
+        took = time.perf_counter() - started
+        assert took < 0.1, took  # the lock is held all along: nothing here waited for it
+        assert not await wb.flush(0.5)
+        holder.execute("COMMIT")
+        assert await wb.flush(15)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [d["key"] for _, _, d in events(sessions, call_id)] == [str(n % 4) for n in range(10)]
+    with sessions() as session:
+        row = session.get(Call, call_id)
+        assert row is not None and row.status == "completed" and row.answered_at is not None
+        assert row.end_reason == "caller hung up"
+    with sessions() as session:
+        said = session.scalars(select(Transcript.text).where(Transcript.call_id == call_id))
+        assert list(said) == ["잔액"]

@@ -27,6 +27,7 @@ from accounts.outcomes import Marking, mark_outcome
 from accounts.retry import retry_db
 from accounts.services import CallJournal
 from accounts.views import AccountSummary
+from accounts.write_behind import WriteBehind
 from recordings.book import RecordingBook
 from voice.asr.live import Segment
 
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 EVENT_TRIES = 3  # a call event: ~0.75 s of retries, then it is skipped (the call goes on)
 NOTE_TRIES = 8  # the closing note: ~20 s of retries (start-up repair closes what is left)
 TRANSCRIPT_WAIT = 60.0  # seconds the last utterances may take to be stored after hang-up
+# A read that needs the call's earlier writes in (the note, before its recording lines; the
+# account, before an outcome) waits this long for the write-behind, then goes ahead.
+FLUSH_WAIT = 10.0
 
 
 class CallLog:
@@ -42,6 +46,10 @@ class CallLog:
 
     `sessions` (attempts, outcomes, notes), `book` (recording lines on the note) and `metrics`
     are what a worker's call has; a unit test may give only the journal.
+
+    With `writes` (the worker's accounts/write_behind.WriteBehind) the call's events, answer
+    time, account, utterances and closing note are handed over and the call goes on at once,
+    whatever the database does; without it each is written here, retried (accounts/retry.py).
     """
 
     def __init__(
@@ -52,8 +60,10 @@ class CallLog:
         sessions: sessionmaker[Session] | None = None,
         book: RecordingBook | None = None,
         metrics: collections.Counter[str] | None = None,
+        writes: WriteBehind | None = None,
     ) -> None:
         self._journal = journal
+        self._writes = writes
         self.call_id = call_id
         self._sessions = sessions
         self._book = book
@@ -72,13 +82,18 @@ class CallLog:
     # -- the IVR's Journal --------------------------------------------------------------------
 
     async def event(self, kind: str, detail: dict[str, Any]) -> None:
-        await self._write(f"event {kind}", EVENT_TRIES, self._journal.add_event, kind, detail)
+        if not self._behind("add_event", kind=kind, detail=detail):
+            await self._write(f"event {kind}", EVENT_TRIES, self._journal.add_event, kind, detail)
 
     async def identified(self, account: AccountSummary, how: str) -> None:
-        await self._write("account", EVENT_TRIES, self._journal.set_account, account.id)
+        if not self._behind("set_account", account_id=int(account.id)):
+            await self._write("account", EVENT_TRIES, self._journal.set_account, account.id)
         await self.event("identified", {"account": account.number, "how": how})
 
     async def finish(self, status: str, end_reason: str, summary: str) -> None:
+        if self._behind("finish_call", status=status, end_reason=end_reason, summary=summary):
+            return
+
         def finish_call(call_id: int) -> None:
             self._journal.finish_call(
                 call_id, status=status, end_reason=end_reason, summary=summary
@@ -89,11 +104,14 @@ class CallLog:
     # -- the rest of a call's writes ----------------------------------------------------------
 
     async def answered(self) -> None:
-        """Raises when the database still refuses (an inbound call is not taken then)."""
-        await retry_db(EVENT_TRIES, self._journal.answered, self.call_id)
+        """Without a write-behind, raises when the database still refuses (an inbound call is
+        not taken then)."""
+        if not self._behind("answered"):
+            await retry_db(EVENT_TRIES, self._journal.answered, self.call_id)
 
     async def set_account(self, account_id: int) -> None:
-        await retry_db(EVENT_TRIES, self._journal.set_account, self.call_id, int(account_id))
+        if not self._behind("set_account", account_id=int(account_id)):
+            await retry_db(EVENT_TRIES, self._journal.set_account, self.call_id, int(account_id))
 
     async def attach_attempt(self, attempt: int) -> None:
         """This call is the attempt the guardrails reserved (accounts/attempts.py): it counts
@@ -102,8 +120,16 @@ class CallLog:
         await retry_db(EVENT_TRIES, attempts.attach, self._sessions, int(attempt), self.call_id)
 
     async def add_note(self, account_id: int, kind: str, author: str, body: str) -> int:
-        return await asyncio.to_thread(
-            self._journal.add_note, self.call_id, account_id, kind=kind, author=author, body=body
+        """A note besides the closing one (a voicemail's): its id. Retried longest, then raised."""
+        await self.flushed()
+        return await retry_db(
+            NOTE_TRIES,
+            self._journal.add_note,
+            self.call_id,
+            account_id,
+            kind=kind,
+            author=author,
+            body=body,
         )
 
     async def mark_outcome(self, marking: Marking, user: str) -> int:
@@ -115,31 +141,33 @@ class CallLog:
             with sessions.begin() as session:
                 return mark_outcome(session, self.call_id, marking, user=user).id
 
-        return await asyncio.to_thread(mark)
+        await self.flushed()  # the call's account must be in
+        return await retry_db(EVENT_TRIES, mark)
 
     async def close(self, status: str, reason: str, summary: str, author: str) -> None:
         """A collector-placed call's end: its note (by the collector), the recording lines,
         then the transcript owed to the CRM once its last utterances are in."""
 
-        def finish() -> None:
-            self._journal.finish_call(
-                self.call_id,
-                status=status,
-                end_reason=reason[:100],
-                summary=f"{summary}\nEnded: {reason}.",
-                author=author[:100],
-            )
-
-        try:
-            await retry_db(NOTE_TRIES, finish)
-        except (OperationalError, DBAPIError) as exc:
-            log.error("call %d: note not written: %s", self.call_id, exc)
+        closing = {
+            "status": status,
+            "end_reason": reason[:100],
+            "summary": f"{summary}\nEnded: {reason}.",
+            "author": author[:100],
+        }
+        if not self._behind("finish_call", **closing):
+            try:
+                await retry_db(
+                    NOTE_TRIES, lambda: self._journal.finish_call(self.call_id, **closing)
+                )
+            except (OperationalError, DBAPIError) as exc:
+                log.error("call %d: note not written: %s", self.call_id, exc)
         await self.annotate()
         await self.transcript_done()  # the bridge's recognisers closed with it
 
     async def annotate(self) -> None:
         """The lines of recordings finalised before the note was written, added to it."""
         assert self._book is not None
+        await self.flushed()  # the note they go on
         try:
             await retry_db(EVENT_TRIES, self._book.annotate, self.call_id)
         except (OperationalError, DBAPIError) as exc:
@@ -152,12 +180,17 @@ class CallLog:
         return lambda seg: self.store_soon(recording_id, seg)
 
     def store_soon(self, recording_id: int | None, seg: Segment) -> None:
+        if self._behind("add_transcript", recording_id=recording_id, **_utterance(seg)):
+            self._metrics["transcript_segments_total"] += 1
+            return
         task = asyncio.create_task(self._store(recording_id, seg))
         self._storing.add(task)
         task.add_done_callback(self._storing.discard)
 
     async def transcript_done(self) -> None:
         """Once every stored utterance is in, owe the CRM the transcript (if there is one)."""
+        if self._behind("transcript_ready"):  # written after the utterances handed over before
+            return
         pending, self._storing = self._storing, set()
         if pending:
             await asyncio.wait(pending, timeout=TRANSCRIPT_WAIT)
@@ -172,21 +205,44 @@ class CallLog:
                 NOTE_TRIES,
                 self._journal.add_transcript,
                 self.call_id,
-                speaker=seg.speaker,
-                text=seg.text,
-                start=seg.start,
-                end=seg.end,
-                confidence=round(seg.confidence, 3),
-                words=list(seg.words),
                 recording_id=recording_id,
-                source=seg.source,
+                **_utterance(seg),
             )
         except (OperationalError, DBAPIError) as exc:
             log.error("call %d: transcript segment not written: %s", self.call_id, exc)
         self._metrics["transcript_segments_total"] += 1
+
+    async def flushed(self) -> None:
+        """Wait (up to FLUSH_WAIT) until the call's writes handed over so far are in."""
+        if self._writes is not None and not await self._writes.flush(FLUSH_WAIT):
+            log.warning("call %d: earlier writes still wait for the database", self.call_id)
+
+    def _behind(self, write: str, **kwargs: Any) -> bool:
+        """Hand `write` to the write-behind (returns at once); False when there is none."""
+        if self._writes is None:
+            return False
+        try:
+            self._writes.submit(write, self.call_id, **kwargs)
+        except (TypeError, ValueError) as exc:  # not JSON: written here instead, as before
+            log.error("call %d: %s cannot wait in the spool (%s): written now", self.call_id,
+                      write, exc)  # fmt: skip
+            return False
+        return True
 
     async def _write(self, what: str, tries: int, fn: Callable[..., Any], *args: Any) -> None:
         try:
             await retry_db(tries, fn, self.call_id, *args)
         except (OperationalError, DBAPIError) as exc:
             log.error("call %d: %s not written after %d tries: %s", self.call_id, what, tries, exc)
+
+
+def _utterance(seg: Segment) -> dict[str, Any]:
+    return {
+        "speaker": seg.speaker,
+        "text": seg.text,
+        "start": seg.start,
+        "end": seg.end,
+        "confidence": round(seg.confidence, 3),
+        "words": [dict(w) for w in seg.words],
+        "source": seg.source,
+    }

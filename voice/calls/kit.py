@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.services import CallJournal, Ledger
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
+from accounts.write_behind import WriteBehind
 from recordings.book import RecordingBook
 from voice.calls.call import SipCall
 from voice.calls.journal import CallLog
@@ -58,6 +59,7 @@ class CallKit:
     recorder: Recorder
     place: PlaceLeg  # a leg that runs no IVR (Worker.place_leg)
     metrics: collections.Counter[str]
+    writes: WriteBehind | None = None  # the worker's write-behind: calls never wait on the db
 
     async def open_log(self, *, sip_call_id: str, **parties: Any) -> CallLog:
         """The call's row (direction, caller, callee) and the log of everything it writes."""
@@ -68,7 +70,12 @@ class CallKit:
 
     def log(self, call_id: int) -> CallLog:
         return CallLog(
-            self.journal, call_id, sessions=self.sessions, book=self.book, metrics=self.metrics
+            self.journal,
+            call_id,
+            sessions=self.sessions,
+            book=self.book,
+            metrics=self.metrics,
+            writes=self.writes,
         )
 
     def media(self, log: CallLog) -> CallMedia:
