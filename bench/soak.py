@@ -227,7 +227,12 @@ def report(args: argparse.Namespace, elapsed: float, warmup: float, ivr: SippSou
         held = sum(1 for c in calls if c.held_by_kill and c.worker == k.worker)
         print(
             f"- {k.at - time.time() + time.monotonic() - start:.0f} s: {k.worker} (pid {k.pid}),"
-            f" {k.calls} calls up per /healthz; {held} journaled as interrupted"
+            f" {k.calls} calls up per /healthz; {held} journaled as interrupted; "
+            + (
+                f"restarted in {k.restarted_s:.1f} s"
+                if k.restarted_s is not None
+                else "NOT restarted within 30 s (the supervisor did not see it die)"
+            )
         )
     failures(calls, ivr, transfers, makes, still_open)
     print_memory(memory, start + warmup, warmup)
@@ -268,10 +273,12 @@ def failures(calls: list[RunCall], ivr: SippSource, transfers: SippSource, makes
     held_make = {c.id for c in calls if c.held_by_kill}
     make_bad = [m for m in makes.calls if m.outcome != "connected" and m.call_id not in held_make]
     print("\n## Failed calls other than those a killed worker held (goal 0)")
-    print(
-        f"- in the journal: {len(bad)}"
-        + "".join(f"\n  - call {c.id} {c.kind} on {c.worker}: {c.outcome}" for c in bad[:15])
-    )
+    example: dict[str, int] = {}
+    for c in bad:
+        example.setdefault(f"{c.kind}: {c.outcome}", c.id)
+    kinds = collections.Counter(f"{c.kind}: {c.outcome}" for c in bad)
+    lines = [f"\n  - {n}x {what} (e.g. call {example[what]})" for what, n in kinds.most_common(8)]
+    print(f"- in the journal: {len(bad)}" + "".join(lines))
     print(
         f"- sipp's failed calls not held by a killed worker: {len(sipp_bad)} "
         f"({len(unjournaled)} never journaled)"

@@ -30,7 +30,9 @@ from tests.integration.test_api import api
 
 # start_fleet's trunk: customers' calls come from there, softphones from 127.0.0.1.
 TRUNK_IP = "127.0.0.2"
-SIPP_CALL_ID = re.compile(r"\d+-\d+@127\.\d+\.\d+\.\d+")
+# sipp's Call-IDs are [call number]-[pid]@[local ip]; its error log runs events together.
+RESTART_WAIT_S = 30  # a killed worker is restarted after workers.restart_delay (0.5 s)
+SIPP_CALL_ID = re.compile(rf"\d+-\d+@{re.escape(TRUNK_IP)}")
 
 
 def transfer_scenario(folder: Path) -> Path:
@@ -143,6 +145,7 @@ class Kill:
     worker: str
     pid: int
     calls: int  # what /healthz said the worker held
+    restarted_s: float | None = None  # until /healthz showed a new, ready process; None: not seen
 
 
 class Killer:
@@ -166,8 +169,19 @@ class Killer:
         busy = [w for w in up if w["calls"]] or up
         victim = random.choice(busy)
         os.kill(victim["pid"], signal.SIGKILL)
-        self.kills.append(Kill(time.time(), victim["name"], victim["pid"], victim["calls"] or 0))
-        progress(f"  killed {victim['name']} (pid {victim['pid']}, {victim['calls']} calls)")
+        kill = Kill(time.time(), victim["name"], victim["pid"], victim["calls"] or 0)
+        self.kills.append(kill)
+        started = time.monotonic()
+        for _ in range(RESTART_WAIT_S):  # the supervisor notices and starts a new process
+            if self.stop.wait(1.0):
+                break
+            with contextlib.suppress(Exception):
+                now = {w["name"]: w for w in self.server.health()["workers"]}  # type: ignore[index]
+                if now[kill.worker]["pid"] not in (None, kill.pid) and now[kill.worker]["ready"]:
+                    kill.restarted_s = time.monotonic() - started
+                    break
+        back = f"{kill.restarted_s:.1f} s" if kill.restarted_s is not None else "not seen"
+        progress(f"  killed {kill.worker} (pid {kill.pid}, {kill.calls} calls); back: {back}")
 
 
 class Receiver:
