@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Any
 from accounts.db import make_engine, make_sessions
 from accounts.services import CallJournal
 from accounts.transcription import live_marker
+from accounts.write_behind import WriteBehind
 from recordings.book import RecordingBook
 from voice.asr.memory import limit_arenas
 from voice.asr.model import load_model
@@ -41,6 +43,7 @@ from voice.sip.engine import CallIdentity, Events, SipEngine
 log = logging.getLogger(__name__)
 
 RING_TIMEOUT = 45.0  # seconds a call we place may ring before it counts as unanswered
+WRITES_FLUSH_S = 10.0  # at the end: time for the calls' last writes before they are spooled
 # A softphone user (Kamailio's registrar) or a phone number (Kamailio's gateway); nothing else
 # may reach a SIP URI we build.
 DIALABLE = re.compile(r"\+?[0-9]{3,15}|[a-z0-9._-]{1,64}")
@@ -67,6 +70,9 @@ class Worker(Events):
         self.metrics: collections.Counter[str] = collections.Counter()
         self._watchers: set[asyncio.Task[None]] = set()
         self.book = RecordingBook(sessions, cfg)
+        # What this worker's calls owe the database; a worker of this name killed before it
+        # was written left it in this spool, written first (accounts/write_behind.py).
+        self.writes = WriteBehind(sessions, cfg.data_dir / "run" / "spool" / f"{self.name}.jsonl")
         self.kit: CallKit | None = None  # once the engine runs
         self.ivr: IvrCalls | None = None
         self.placed: PlacedCalls | None = None
@@ -99,6 +105,7 @@ class Worker(Events):
         proxy = spec.proxy is not None
         self.ivr = IvrCalls(self.kit, self.table, self._background, proxy)
         self.placed = PlacedCalls(self.kit, self.table, self.engine, self._start, proxy)
+        writer = asyncio.create_task(self.writes.run(), name="write-behind")
         self.engine.start()
         await self.control.start()
         try:
@@ -110,6 +117,17 @@ class Worker(Events):
             if self._watchers:
                 await asyncio.wait(set(self._watchers), timeout=30)
             await self.kit.recorder.close_remaining()
+            await self._keep_writes(writer)
+
+    async def _keep_writes(self, writer: asyncio.Task[None]) -> None:
+        """At the end: write what the calls owe, or spool it for the next worker of this name."""
+        if not await self.writes.flush(WRITES_FLUSH_S):
+            log.warning("worker %s: %d call writes kept in %s for the next start", self.name,
+                        self.writes.pending, self.writes.spool)  # fmt: skip
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        self.writes.keep_the_rest()
 
     def _kit(self, engine: SipEngine) -> CallKit:
         asr, sessions = self.cfg.asr, self.sessions
@@ -132,6 +150,7 @@ class Worker(Events):
             recorder,
             self.place_leg,
             self.metrics,
+            self.writes,
         )
 
     async def drain(self, timeout: float) -> None:
