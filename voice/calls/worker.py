@@ -185,7 +185,7 @@ class Worker(Events):
         }
 
     def _session(self, call_id: int) -> CallSession | None:
-        return self.table.by_id(int(call_id))
+        return self.table.by_id(call_id)
 
     async def hangup(self, call_id: int) -> dict[str, Any]:
         session = self._session(call_id)
