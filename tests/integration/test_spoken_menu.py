@@ -161,7 +161,9 @@ def test_caller_speech_cuts_the_prompt_and_is_transcribed_with_timings(
     quiet_from = first_quiet(heard, speech_start, 0.4)
     assert quiet_from - speech_start < 1.5, (speech_start, quiet_from)
     answer_at = first_sound(heard, speech_end)
-    assert 0 < answer_at - speech_end < 2.5, (speech_end, answer_at)
+    # After they stop, not before; ~1 s on a quiet machine (endpointer 700 ms + decoding), 2.9 s
+    # in a CI run at load 20 on 2 cores: the bound says "answered", bench/ivr_latency.py times it.
+    assert 0 < answer_at - speech_end < 4.0, (speech_end, answer_at)
 
     # The stored transcript: the caller's words, timed where the caller said them (the
     # recording and the UA's capture start within a few hundred ms of each other).

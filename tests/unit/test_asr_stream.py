@@ -50,6 +50,12 @@ def model() -> Any:
     return loaded
 
 
+# close() waits for the thread to decode everything queued; fed as fast as possible, that is
+# the whole audio's decoding. Its default 10 s timed out in a CI run with the load at 20+:
+# correctness is what these tests check, so they give it time.
+DECODE_WAIT_S = 120.0
+
+
 def run(model: Any, pcm: np.ndarray, rate: int = 16000, **options: Any) -> list[Event]:
     """Feed `pcm` frame by frame as fast as possible (a queue big enough for all of it)."""
     events: list[Event] = []
@@ -57,7 +63,7 @@ def run(model: Any, pcm: np.ndarray, rate: int = 16000, **options: Any) -> list[
     stream = SpeechStream(model, "caller", events.append, rate=rate, **options)
     for frame in frames(pcm, rate):
         stream.feed(frame)
-    assert stream.close()
+    assert stream.close(DECODE_WAIT_S)
     assert stream.stats().dropped_chunks == 0
     return events
 
@@ -193,7 +199,7 @@ def test_set_phrases_applies_from_the_next_utterance(model: Any) -> None:
     stream.set_phrases(KOREAN)
     for frame in frames(concat(agent, silence(1.5))):
         stream.feed(frame)
-    assert stream.close()
+    assert stream.close(DECODE_WAIT_S)
     assert [type(e) for e in events if not isinstance(e, Partial)] == [
         SpeechStarted, SpeechStarted, Final,
     ]  # fmt: skip
@@ -232,7 +238,7 @@ def test_feed_never_blocks_and_counts_drops(model: Any) -> None:
     for frame in tail:
         stream.feed(frame)
         wait_for_backlog(stream, 10)  # the first one waits while the gap is filled with silence
-    assert stream.close()
+    assert stream.close(DECODE_WAIT_S)
     assert slowest < 0.05
     assert stats.backlog == 20
     taken = len(chunks) - stats.backlog - stats.dropped_chunks  # by the worker before it stuck
@@ -283,7 +289,7 @@ def test_bad_arguments(model: Any) -> None:
     stream = SpeechStream(model, "caller", lambda e: None, transcribe=False)
     with pytest.raises(ValueError, match=r"^PCM of 3 bytes is not 16-bit samples$"):
         stream.feed(b"abc")
-    assert stream.close()
+    assert stream.close(DECODE_WAIT_S)
 
 
 @pytest.fixture(autouse=True)
