@@ -22,6 +22,9 @@ way a caller talks:
    from the WAV it sends) to the first sound of the answer in its recording. This includes the
    endpointer's end_ms, recognition, the database, rendering and both jitter buffers.
 
+The after-call path's throughput (issue 15's part (b): calls per hour, real-time factor) is
+bench/asr_after.py, which transcribes this file's `inbound_call_sides` calls from FLAC.
+
 Prints numbers; asserts nothing. Usage: python bench/asr.py [--seconds 15] [--max-streams 8]
 [--sip-calls 12] [--ivr-reps 2]
 """
