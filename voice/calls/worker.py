@@ -25,6 +25,7 @@ from accounts.services import CallJournal
 from accounts.transcription import live_marker
 from accounts.write_behind import WriteBehind
 from recordings.book import RecordingBook
+from voice import telemetry
 from voice.asr.memory import limit_arenas
 from voice.asr.model import load_model
 from voice.calls.call import ANSWER_TIMEOUT, SipCall
@@ -67,7 +68,7 @@ class Worker(Events):
         self.calls: dict[int, SipCall] = {}  # every SIP call, legs included, by engine key
         self.table = CallTable()
         self.engine: SipEngine | None = None
-        self.metrics: collections.Counter[str] = collections.Counter()
+        self.metrics: collections.Counter[str] = telemetry.Counts()  # also on /metrics
         self._watchers: set[asyncio.Task[None]] = set()
         self.book = RecordingBook(sessions, cfg)
         # What this worker's calls owe the database; a worker of this name killed before it
