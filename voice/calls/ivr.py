@@ -8,7 +8,6 @@ same for a caller who called us and for a call the worker placed (`dial`: direct
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import time
@@ -115,4 +114,4 @@ class IvrCalls:
 
     async def _note_answer(self, call: Any, journal: CallLog) -> None:
         if await call.wait_answered():
-            await asyncio.to_thread(self.kit.journal.answered, journal.call_id)
+            await journal.answered()
