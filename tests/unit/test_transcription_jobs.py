@@ -8,6 +8,7 @@ import datetime as dt
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, select
@@ -18,6 +19,8 @@ from accounts.db import make_sessions
 from accounts.models import Account, Note, utcnow
 from accounts.transcription import TranscriptionJob
 from tests.unit.recdata import World, build_world
+from voice import config
+from voice.asr.after import transcriber_names
 
 
 @pytest.fixture
@@ -201,3 +204,27 @@ def test_two_runners_on_postgresql_never_take_the_same_job(
     both = taken["t0"] + taken["t1"]
     assert len(both) == len(set(both)) == len(recordings) - 2, taken
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("asr", "url", "names"),
+    [
+        ({"model": "/m", "transcribers": 3}, "sqlite:///x.db", ["t0"]),  # one writer: one runner
+        ({"model": "/m", "transcribers": 3}, "postgresql+psycopg://u@h/db", ["t0", "t1", "t2"]),
+        ({"model": "/m", "transcribers": 0}, "postgresql+psycopg://u@h/db", []),
+        ({"model": "/m", "transcribe": "live", "transcribers": 3}, "sqlite:///x.db", []),
+        ({"model": "", "transcribers": 3}, "sqlite:///x.db", []),  # nothing to transcribe with
+        ({"model": "/m", "transcribe": "after"}, "sqlite:///x.db", ["t0"]),  # -1: cores - 1, >= 1
+    ],
+)
+def test_how_many_transcription_processes_serve_runs(
+    asr: dict[str, Any], url: str, names: list[str]
+) -> None:
+    cfg = config.from_mapping({"asr": asr, "database": {"url": url}})
+    assert transcriber_names(cfg) == names
+
+
+@pytest.mark.parametrize("value", ["both", "", "Live"])
+def test_asr_transcribe_takes_one_of_its_modes(value: str) -> None:
+    with pytest.raises(config.ConfigError, match="asr.transcribe: one of 'live\\+after'"):
+        config.from_mapping({"asr": {"transcribe": value}})
