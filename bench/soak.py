@@ -222,7 +222,8 @@ def report(args: argparse.Namespace, elapsed: float, warmup: float, ivr: SippSou
                 f"- sipp {src.kind}: {r.calls} placed, {r.ok} ok, {r.failed} failed, peak {r.peak}"
                 + (f" [{r.errors}]" if r.errors else "")
             )
-    print(f"\n## Kills: {len(killer.kills)}")
+    missed = f" ({len(killer.missed)} due but not done: {', '.join(killer.missed)})"
+    print(f"\n## Kills: {len(killer.kills)}" + (missed if killer.missed else ""))
     for k in killer.kills:
         held = sum(1 for c in calls if c.held_by_kill and c.worker == k.worker)
         print(

@@ -154,14 +154,18 @@ class Killer:
     def __init__(self, server: Server, every_s: float, deadline: float) -> None:
         self.server, self.every_s, self.deadline = server, every_s, deadline
         self.kills: list[Kill] = []
+        self.missed: list[str] = []  # why a due kill did not happen
         self.stop = threading.Event()
 
     def __call__(self) -> None:
         for _ in range(1000):
             if self.stop.wait(self.every_s) or time.monotonic() > self.deadline - 10:
                 return
-            with contextlib.suppress(Exception):
+            try:
                 self.kill_one()
+            except Exception as exc:  # noqa: BLE001 - e.g. /healthz timed out: try next time
+                self.missed.append(f"{exc!r}"[:100])
+                progress(f"  no kill this time: {self.missed[-1]}")
 
     def kill_one(self) -> None:
         health: dict[str, Any] = self.server.health()  # type: ignore[assignment]
