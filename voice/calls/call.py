@@ -279,9 +279,9 @@ class SipCall:
         elif isinstance(event, Final):
             self._speaking = False
             if event.mode == "grammar":
+                self._heard.put_nowait(event)
                 if self._speech is not None:
                     self._reply.heard(event.end, self._speech.heard_until())
-                self._heard.put_nowait(event)
 
     def on_disconnected(self, code: int, reason: str) -> None:
         self.end_code, self.end_reason = code, reason

@@ -132,8 +132,6 @@ class PcmPlayer(pj.AudioMediaPort):
             frame.size = FRAME_BYTES
             if chunk is not None:
                 self.frames_played += 1
-            if started is not None:
-                started()
             listener = self.listener
             if listener is not None:
                 _tell(listener, before)
@@ -141,6 +139,8 @@ class PcmPlayer(pj.AudioMediaPort):
                 _tell(listener, after)
             if done is not None:
                 done()
+            if started is not None:  # last: a measurement must not cost the frame or `done`
+                started()
         except Exception:  # never let an exception escape into the media thread
             log.exception("player frame failed")
 
