@@ -1,0 +1,94 @@
+"""A call while the database refuses every write: SQLite's write lock held by another process.
+
+Before the write-behind (accounts/write_behind.py) each event the call wrote waited out the
+busy timeout, was retried, then skipped: the caller sat in silence after pressing a key, and on
+a saturated machine calls ended with "database is locked". Now the caller hears the answer at
+once and every write lands when the lock is released.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import soundfile
+from sqlalchemy import select
+
+from accounts.models import Call, Note
+from tests.integration.audio import match_pieces
+from tests.integration.conftest import (
+    TEST_TTS,
+    events_of,
+    start_server,
+    start_ua,
+    stop_server,
+    wait_for,
+)
+from voice.ivr.clips import ClipLibrary
+from voice.ivr.inbound import balance_answer
+
+pytestmark = pytest.mark.integration
+
+KNOWN = "+12125550101"  # demo account 10042
+LOCK_S = 12.0  # longer than the whole menu and answer: every write of the call meets the lock
+
+
+def test_a_call_goes_on_while_sqlite_is_locked_and_its_writes_land_after(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "voice", {"VOICE_DATABASE_BUSY_TIMEOUT_MS": "200"})
+    holder = sqlite3.connect(server.data_dir / "voice.db", isolation_level=None, timeout=10)
+    try:
+        ua = start_ua(server, "audio;wait:2;dtmf:1;audio;wait:14;hangup", tmp_path / "ua.log",
+                      caller=KNOWN, record=tmp_path / "heard")  # fmt: skip
+
+        def answered() -> int | None:
+            with server.session() as session:
+                call = session.scalars(select(Call).where(Call.caller == KNOWN)).first()
+                return call.id if call is not None and call.answered_at is not None else None
+
+        call_id = wait_for(answered, 20)
+        assert call_id, server.log()[-3000:]
+        holder.execute("BEGIN EXCLUSIVE")  # readers go on (WAL); no write can
+        locked_at = time.monotonic()
+        time.sleep(LOCK_S)
+        with server.session() as session:  # nothing of the menu could be written meanwhile
+            assert session.get(Call, call_id).status == "in_progress"  # type: ignore[union-attr]
+        holder.execute("COMMIT")
+        held = time.monotonic() - locked_at
+        ua.wait(timeout=60)
+    finally:
+        holder.close()
+        stop_server(server)
+    assert held >= LOCK_S
+    [report] = [json.loads(x) for x in (tmp_path / "ua.log").read_text().splitlines()
+                if x.startswith("{")]  # fmt: skip
+    assert not report["error"], report
+
+    # The caller heard the balance while no write could be made.
+    ledger = server.ledger()
+    account = ledger.account_by_number("10042")
+    assert account is not None
+    heard, _ = soundfile.read(report["record"], dtype="int16")
+    clips = ClipLibrary(TEST_TTS, server.data_dir / "cache" / "tts",
+                        server.data_dir / "prompts", "Acme Receivables")  # fmt: skip
+    expected = clips.render(balance_answer(ledger.balance(account.id, dt.date.today()))[0])
+    scores, _, offset = match_pieces(heard, expected)
+    assert scores and min(scores) > 0.6, f"balance answer not heard (pieces {scores})"
+    said_at = next(t for t, kind, _ in report["events"] if kind == "dtmf")
+    assert offset / 16000 - said_at < 3.0, (said_at, offset)  # answered, not stalled on the db
+
+    # Everything the call wrote while locked landed afterwards, in order.
+    kinds = [k for k, _ in events_of(server, call_id)]
+    assert kinds[:3] == ["prompt", "lookup", "identified"], kinds
+    assert ("choice", {"key": "1", "option": "balance"}) in events_of(server, call_id)
+    with server.session() as session:
+        call = session.get(Call, call_id)
+        assert call is not None and call.status == "completed", call
+        note = session.scalars(select(Note.body).where(Note.call_id == call_id)).first()
+    assert note and "balance: open" in note and "Ended: caller hung up." in note, note
+    log = server.log()
+    assert "call writes wait for the database" in log  # the lock was met, and waited out
+    assert "not written" not in log and "dropped" not in log, log[-3000:]
