@@ -13,7 +13,8 @@ endpointer, Vosk, word timings and noise rejection are the live ones.
   stored as the text it rendered ("rendered" rows, with times), so those spans are silenced
   before recognition (that is most of an inbound call's audio), except each prompt's last
   BARGE_IN_S: the caller's voice cuts a prompt within that, and what they said over its end is
-  kept. An utterance lying wholly inside a prompt is the IVR's, and dropped. The bridged part's
+  kept. An utterance lying wholly inside a prompt (its end at most PROMPT_SLACK_S past the
+  prompt's) is the IVR's, and dropped. The bridged part's
   time is silenced too: its own job transcribes it channel by channel.
 
 The result replaces the recording's "live" rows of those speakers (none are left twice) with
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 AFTER = "after"  # a Transcript's source: recognised from the recording after the call
 BARGE_IN_S = 1.5  # the end of each prompt is still recognised: the caller may be cutting it
+PROMPT_SLACK_S = 0.5
 CHUNK_S = 1.0  # audio per feed() (the stream splits it into frames)
 POLL_S = 2.0
 TRUNCATED_S = 0.5  # audio that decodes this much shorter than recorded: the file is damaged
@@ -180,7 +182,9 @@ async def _recognise(model: Any, audio: Audio, timeout: float | None) -> list[Se
 
 
 def _inside_prompt(seg: Segment, prompts: tuple[tuple[float, float], ...]) -> bool:
-    return any(start - 0.1 <= seg.start and seg.end <= end + 0.1 for start, end in prompts)
+    # The recording hears a prompt a little after the player sent it, and the endpointer's
+    # speech end lags the sound: PROMPT_SLACK_S past a prompt's end is still the prompt.
+    return any(a - 0.1 <= seg.start and seg.end <= b + PROMPT_SLACK_S for a, b in prompts)
 
 
 def land(
