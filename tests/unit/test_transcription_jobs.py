@@ -81,12 +81,17 @@ def test_sweep_queues_what_no_live_transcript_covers(world: World) -> None:
     assert f"Transcript pending for recording {short}: caller: 2.4 s" in note_body(s, call_id)
 
 
+def queued(world: World) -> tuple[int, dt.datetime]:
+    """An interrupted call's recording, swept into a job now; its id and that moment."""
+    rec, t = recent_recording(world, "interrupted"), utcnow()
+    with world.sessions.begin() as session:
+        jobs.sweep(session, after_only=False, now=t)
+    return rec, t
+
+
 def test_a_failing_job_backs_off_and_is_kept_after_three_failures(world: World) -> None:
     s = world.sessions
-    rec = recent_recording(world, "interrupted")
-    t = utcnow()
-    with s.begin() as session:
-        jobs.sweep(session, after_only=False, now=t)
+    rec, t = queued(world)
     for attempt, wait in ((1, 30.0), (2, 60.0), (3, None)):
         with s.begin() as session:
             job = jobs.claim(session, "t0", now=t)
@@ -115,10 +120,8 @@ def test_a_failing_job_backs_off_and_is_kept_after_three_failures(world: World) 
 
 def test_a_dead_runners_job_goes_back_to_its_successor_or_after_the_lease(world: World) -> None:
     s = world.sessions
-    rec = recent_recording(world, "interrupted")
-    t = utcnow()
+    rec, t = queued(world)
     with s.begin() as session:
-        jobs.sweep(session, after_only=False, now=t)
         assert jobs.claim(session, "t0", now=t) is not None
     with s.begin() as session:  # t0 was killed: t1 waits for the lease, t0's successor not
         assert jobs.claim(session, "t1", now=t) is None
