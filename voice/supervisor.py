@@ -27,6 +27,7 @@ import uvicorn
 
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.demo import load_demo_if_empty
+from accounts.retry import DB_ERRORS, retry_db
 from accounts.services import CallJournal
 from accounts.webhook import run_outbox
 from recordings.book import RecordingBook
@@ -43,6 +44,7 @@ HTTP_SHUTDOWN_S = 5  # seconds requests still running at shutdown get to finish
 
 HEALTH_TIMEOUT = 1.0  # seconds a worker may take to answer a health request
 STOP_GRACE = 15.0  # seconds beyond drain_timeout before a worker is killed
+INTERRUPT_TRIES = 8  # a dead worker's calls: ~20 s of retries while the database refuses
 
 
 @dataclass
@@ -280,18 +282,27 @@ class Supervisor:
             return
         how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
         log.error("worker %s stopped (%s)", worker.spec.name, how)
-        # Close its calls before the replacement (same name) can start new ones.
-        assert self._journal is not None
-        closed = await asyncio.to_thread(
-            self._journal.interrupt_calls,
-            worker.spec.name,
-            f"call worker {worker.spec.name} stopped ({how})",
-        )
-        if closed:
-            log.warning("worker %s: %d call(s) marked interrupted", worker.spec.name, len(closed))
-            assert self._book is not None
-            repaired = await asyncio.to_thread(self._book.repair_calls, closed)
-            log.warning("worker %s: %d recording(s) repaired", worker.spec.name, len(repaired))
+        # Close its calls before the replacement (same name) can start new ones. A database
+        # that refuses past the retries must not stop this: the caller is the task that follows
+        # the zygote, and with it gone no worker would be restarted again. The calls left open
+        # are closed by the next start's repair (see `run`).
+        assert self._journal is not None and self._book is not None
+        try:
+            closed = await retry_db(
+                INTERRUPT_TRIES,
+                self._journal.interrupt_calls,
+                worker.spec.name,
+                f"call worker {worker.spec.name} stopped ({how})",
+            )
+            if closed:
+                log.warning("worker %s: %d call(s) marked interrupted", worker.spec.name,
+                            len(closed))  # fmt: skip
+                repaired = await retry_db(INTERRUPT_TRIES, self._book.repair_calls, closed)
+                log.warning("worker %s: %d recording(s) repaired", worker.spec.name,
+                            len(repaired))  # fmt: skip
+        except DB_ERRORS as exc:
+            log.error("worker %s: its calls could not be closed now (%s); the next start "
+                      "closes them", worker.spec.name, exc)  # fmt: skip
 
     # -- shutdown -----------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from tests.integration.conftest import (
     stop_server,
     wait_for,
 )
+from tests.integration.test_fleet import fleet_env
 from voice.ivr.clips import ClipLibrary
 from voice.ivr.inbound import balance_answer
 
@@ -92,3 +95,48 @@ def test_a_call_goes_on_while_sqlite_is_locked_and_its_writes_land_after(tmp_pat
     log = server.log()
     assert "call writes wait for the database" in log  # the lock was met, and waited out
     assert "not written" not in log and "dropped" not in log, log[-3000:]
+
+
+def test_a_worker_killed_while_the_database_is_locked_is_restarted_and_its_call_closed(
+    tmp_path: Path,
+) -> None:
+    # The supervisor closes a dead worker's calls before restarting it. When that write met a
+    # locked database it raised inside the task that follows the zygote, which then ended:
+    # the worker was never restarted, nor any worker after it (found by bench/soak.py).
+    server = start_server(tmp_path / "voice", fleet_env(2, VOICE_DATABASE_BUSY_TIMEOUT_MS="200"))
+    holder = sqlite3.connect(server.data_dir / "voice.db", isolation_level=None, timeout=10)
+    ua = None
+    try:
+        ua = start_ua(server, "audio;wait:30;hangup", tmp_path / "ua.log", caller=KNOWN)
+        busy = wait_for(lambda: [w for w in server.health()["workers"] if w["calls"]], 20)
+        assert busy, server.health()
+        [victim] = busy
+        with server.session() as session:
+            call_id = session.scalars(select(Call.id).where(Call.caller == KNOWN)).one()
+        holder.execute("BEGIN EXCLUSIVE")
+        os.kill(victim["pid"], signal.SIGKILL)
+        time.sleep(3.0)  # the supervisor meets the lock (200 ms busy timeout) and retries
+        holder.execute("COMMIT")
+
+        def restarted() -> dict | None:
+            worker = next(w for w in server.health()["workers"] if w["name"] == victim["name"])
+            return worker if worker["restarts"] == 1 and worker["pid"] != victim["pid"] else None
+
+        assert wait_for(restarted, 30), (server.health(), server.log()[-3000:])
+        with server.session() as session:
+            call = session.get(Call, call_id)
+            assert call is not None and call.status == "interrupted", call
+            assert "killed by signal 9" in (call.end_reason or "")
+        # And the supervisor still follows its workers: a second death is seen too.
+        again = next(w for w in server.health()["workers"] if w["name"] == victim["name"])
+        os.kill(again["pid"], signal.SIGKILL)
+        assert wait_for(
+            lambda: next(w for w in server.health()["workers"]
+                         if w["name"] == victim["name"])["restarts"] == 2, 30,
+        ), server.health()  # fmt: skip
+    finally:
+        holder.close()
+        if ua is not None and ua.poll() is None:
+            ua.kill()
+            ua.wait()
+        stop_server(server)
