@@ -342,6 +342,45 @@ def test_shutdown_with_calls_up_ends_them_and_leaves_no_process(tmp_path: Path) 
     assert all("Ended: server shutting down." in (note_of(server, c.id) or "") for c in calls)
 
 
+# A bounded busy loop: spins until its deadline (argv[1] seconds), whatever happens to the test.
+HOG = (
+    "import sys, time\n"
+    "end = time.monotonic() + float(sys.argv[1])\n"
+    "while time.monotonic() < end: pass\n"
+)
+
+
+def test_a_starved_machine_answers_each_call_from_one_worker(tmp_path: Path) -> None:
+    """With every core busy, each INVITE is taken by exactly one worker: no fail-over duplicate.
+
+    Kamailio fails over from a worker that said nothing within fail_over_ms. A worker answers
+    100 Trying as soon as it reads the INVITE (pjsua sends it before our Python callback runs),
+    so a loaded machine slows the call down but never makes a second worker take it too."""
+    # 16 call slots for 12 calls: a 486 from a full worker is a fail-over of its own.
+    server = start_server(tmp_path / "voice", fleet_env(4))
+    cores = os.cpu_count() or 2
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG, "60"]) for _ in range(2 * cores)]
+    try:
+        before = last_id(server)
+        out = sipp_calls(server, tmp_path, calls=12, rate=1, hold_ms=2000)
+        assert wait_for(
+            lambda: len(c := calls_since(server, before)) >= 12
+            and all(x.status != "in_progress" for x in c), 30,
+        ), (len(calls_since(server, before)), detail(out, server))  # fmt: skip
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        stop_server(server)
+    calls = calls_since(server, before)
+    sip_ids = [c.sip_call_id for c in calls]
+    assert len(sip_ids) == len(set(sip_ids)) == 12, sorted(sip_ids)
+    kamailio_log = "".join(p.read_text() for p in server.data_dir.rglob("kamailio.log"))
+    assert "did not answer in time" not in kamailio_log, kamailio_log[-3000:]
+    assert out.returncode == 0, detail(out, server)  # every call answered once and completed
+    assert {c.status for c in calls} == {"completed"}, [(c.status, c.end_reason) for c in calls]
+
+
 def model_footprint_kb(path: str) -> int:
     """Resident memory a process gains by loading the Vosk model at `path`."""
     code = (
