@@ -8,10 +8,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from accounts.webhook import (
     Outbox,
     backoff,
     check_signature,
+    post_json,
     run_outbox,
     sign,
 )
@@ -334,3 +337,36 @@ def test_a_finished_transcript_is_sent_for_its_call_note(
     ]
     assert sent["transcript"][1]["words"] == words
     assert sent["transcript"][1]["confidence"] == 0.93
+
+
+def test_a_delivery_sent_while_the_database_locks_is_marked_once_it_frees(
+    tmp_path: Path, crm: Crm
+) -> None:
+    # The receiver answers, then SQLite's write lock is held for a second by another process:
+    # the "delivered" mark waits it out instead of failing, so the row is never sent again.
+    path = tmp_path / "voice.db"
+    engine = make_engine(f"sqlite:///{path}", busy_timeout_ms=50)
+    create_schema(engine)
+    sessions = make_sessions(engine)
+    _note(sessions)
+    # The timer thread releases the lock the test's thread took.
+    holder = sqlite3.connect(path, isolation_level=None, timeout=5, check_same_thread=False)
+    released = threading.Event()
+
+    def post_then_lock(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> None:
+        post_json(url, body, headers, timeout)
+        holder.execute("BEGIN EXCLUSIVE")
+        threading.Timer(1.0, lambda: (holder.execute("COMMIT"), released.set())).start()
+
+    try:
+        report = Outbox(sessions, _cfg(crm.url), transport=post_then_lock).deliver_due(T0)
+        assert released.is_set()  # the mark was made after the lock went
+        assert report.delivered and len(crm.received) == 1
+        [row] = _rows(sessions)
+        assert row.delivered_at is not None and row.attempts == 1
+        later = T0 + dt.timedelta(hours=1)
+        assert Outbox(sessions, _cfg(crm.url)).deliver_due(later).delivered == []
+        assert len(crm.received) == 1
+    finally:
+        holder.close()
+        engine.dispose()
