@@ -7,6 +7,7 @@ The database is made to refuse for real: another connection holds SQLite's write
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import sqlite3
 import time
@@ -39,14 +40,22 @@ def events(sessions: sessionmaker[Session], call_id: int) -> list[tuple[int, str
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
+@contextlib.asynccontextmanager
+async def running(wb: WriteBehind) -> AsyncIterator[WriteBehind]:
+    """`wb`'s writer task for the block, cancelled after it (as a worker's end does)."""
+    task = asyncio.create_task(wb.run())
+    try:
+        yield wb
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 @pytest.fixture
 async def writer(db_sessions: sessionmaker[Session], tmp_path: Path) -> AsyncIterator[WriteBehind]:
-    wb = WriteBehind(db_sessions, tmp_path / "spool" / "w0.jsonl")
-    task = asyncio.create_task(wb.run())
-    yield wb
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with running(WriteBehind(db_sessions, tmp_path / "spool" / "w0.jsonl")) as wb:
+        yield wb
 
 
 async def test_writes_land_in_order_with_the_time_they_were_made(
@@ -115,8 +124,7 @@ async def test_a_locked_database_never_makes_the_call_wait_and_loses_nothing(
     call_id = new_call(sessions)
     spool = tmp_path / "spool" / "w0.jsonl"
     wb = WriteBehind(sessions, spool)
-    task = asyncio.create_task(wb.run())
-    try:
+    async with running(wb):
         holder.execute("BEGIN EXCLUSIVE")
         started = time.perf_counter()
         for n in range(20):
@@ -132,10 +140,6 @@ async def test_a_locked_database_never_makes_the_call_wait_and_loses_nothing(
         assert wb.oldest_age() >= 1.0
         holder.execute("COMMIT")
         assert await wb.flush(15)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
     assert [d["n"] for _, _, d in events(sessions, call_id)] == list(range(20))
     assert not spool.exists() and wb.pending == 0
 
@@ -163,13 +167,8 @@ async def test_a_killed_worker_s_spool_is_written_by_the_next_once(
 
     second = WriteBehind(sessions, spool)
     assert second.stats.replayed == 2
-    task = asyncio.create_task(second.run())
-    try:
+    async with running(second):
         assert await second.flush(10)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
     assert [k for _, k, _ in events(sessions, call_id)] == ["before"]
     with sessions() as session:
         assert session.get(Call, call_id).status == "completed"  # type: ignore[union-attr]
@@ -187,22 +186,12 @@ async def test_a_batch_replayed_after_its_commit_is_not_written_twice(
     wb.submit("add_event", call_id, kind="once", detail={})
     wb.keep_the_rest()  # spooled as at shutdown
     line = spool.read_text()
-    task = asyncio.create_task(wb.run())
-    try:
+    async with running(wb):
         assert await wb.flush(10)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
     spool.write_text(line)
     again = WriteBehind(db_sessions, spool)
-    task = asyncio.create_task(again.run())
-    try:
+    async with running(again):
         assert await again.flush(10)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
     assert [k for _, k, _ in events(db_sessions, call_id)] == ["once"]
 
 
@@ -218,9 +207,8 @@ async def test_a_call_log_with_the_write_behind_goes_on_while_the_database_is_lo
     journal = CallJournal(sessions)
     call_id = new_call(sessions)
     wb = WriteBehind(sessions, tmp_path / "spool" / "w0.jsonl")
-    task = asyncio.create_task(wb.run())
-    call = CallLog(journal, call_id, sessions=sessions, writes=wb)
-    try:
+    async with running(wb):
+        call = CallLog(journal, call_id, sessions=sessions, writes=wb)
         holder.execute("BEGIN EXCLUSIVE")
         started = time.perf_counter()
         await call.answered()
@@ -235,10 +223,6 @@ async def test_a_call_log_with_the_write_behind_goes_on_while_the_database_is_lo
         assert not await wb.flush(0.5)
         holder.execute("COMMIT")
         assert await wb.flush(15)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
     assert [d["key"] for _, _, d in events(sessions, call_id)] == [str(n % 4) for n in range(10)]
     with sessions() as session:
         row = session.get(Call, call_id)
