@@ -116,6 +116,7 @@ def test_a_mono_call_is_transcribed_around_the_ivrs_rendered_prompts(
         for speaker, text, start, stop, source in (
             ("ivr", "Please say balance", 0.5, end, "rendered"),
             ("caller", "마지막 여", 6.0, 6.5, "live"),  # a live transcript that fell short
+            ("caller", "네", 2.0, 2.3, "live"),  # said over the prompt: silenced, not heard again
         ):
             session.add(
                 Transcript(call_id=call_id, recording_id=rec, speaker=speaker, text=text,
@@ -126,7 +127,8 @@ def test_a_mono_call_is_transcribed_around_the_ivrs_rendered_prompts(
     stored = rows(world, rec)
     assert [(r.speaker, r.source) for r in stored][0] == ("ivr", "rendered")  # kept as it was
     after = [r for r in stored if r.source == "after"]
-    assert not [r for r in stored if r.source == "live"]  # replaced, not duplicated
+    # The row the after pass heard again is replaced (not doubled); the one it could not is kept.
+    assert [(r.text, r.start_s) for r in stored if r.source == "live"] == [("네", 2.0)]
     assert after and all(r.speaker == "caller" for r in after)
     assert WORD in " ".join(r.text for r in after), [r.text for r in after]
     words = [w for r in after for w in r.words if w["word"] == WORD]

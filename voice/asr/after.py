@@ -17,9 +17,10 @@ endpointer, Vosk, word timings and noise rejection are the live ones.
   prompt's) is the IVR's, and dropped. The bridged part's
   time is silenced too: its own job transcribes it channel by channel.
 
-The result replaces the recording's "live" rows of those speakers (none are left twice) with
-"after" rows, marks the job done, updates the note's transcript line and queues the CRM's
-`note.transcript` delivery, all in one transaction.
+The result completes the recording's transcript: its "live" rows of those speakers that an
+"after" utterance overlaps are replaced by it, the others kept (nothing is lost or doubled).
+In the same transaction the job is marked done, the note's transcript line updated and the
+CRM's `note.transcript` delivery queued.
 """
 
 from __future__ import annotations
@@ -181,6 +182,11 @@ async def _recognise(model: Any, audio: Audio, timeout: float | None) -> list[Se
     return segments
 
 
+def _overlapped(row: Transcript, segments: list[Segment]) -> bool:
+    start, end = row.start_s or 0.0, row.end_s or 0.0
+    return any(s.speaker == row.speaker and s.start < end and start < s.end for s in segments)
+
+
 def _inside_prompt(seg: Segment, prompts: tuple[tuple[float, float], ...]) -> bool:
     # The recording hears a prompt a little after the player sent it, and the endpointer's
     # speech end lags the sound: PROMPT_SLACK_S past a prompt's end is still the prompt.
@@ -190,14 +196,19 @@ def _inside_prompt(seg: Segment, prompts: tuple[tuple[float, float], ...]) -> bo
 def land(
     session: Session, job: TranscriptionJob, audio: Audio, segments: list[Segment], work_s: float
 ) -> None:
-    """Replace the recording's live rows of these speakers with the after-call ones."""
-    session.execute(
-        delete(Transcript).where(
+    """Complete the recording's transcript: each live row of these speakers that an after-call
+    utterance overlaps is replaced by it; one that none overlaps is kept (its words were not
+    heard again there, e.g. said over a prompt's silenced part), so nothing is lost or doubled."""
+    live = session.scalars(
+        select(Transcript).where(
             Transcript.recording_id == job.recording_id,
             Transcript.source == "live",
             Transcript.speaker.in_(tuple(audio.tracks)),
         )
     )
+    replaced = [row.id for row in live if _overlapped(row, segments)]
+    if replaced:
+        session.execute(delete(Transcript).where(Transcript.id.in_(replaced)))
     for seg in segments:
         session.add(
             Transcript(
