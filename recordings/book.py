@@ -11,11 +11,12 @@ import logging
 import shutil
 from pathlib import Path
 
+import soundfile
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import Call, Note, Recording, utcnow
-from recordings.capture import finalise
+from recordings.capture import finalise, sha256_of
 from recordings.paths import path_for, relative_path
 from recordings.retention import retain_until_for
 from voice.audio import SAMPLE_RATE  # the conference bridge's: what the recorder writes
@@ -103,6 +104,18 @@ class RecordingBook:
                     f"recording is {lost:.1f} s shorter than the {call_seconds:.1f} s call "
                     "(audio not recorded: the media clock fell behind)"
                 )
+        elif flac.exists() and rec.sha256 is None:
+            # A close tried again (the database refused to store the first one's row): the
+            # first made the FLAC and removed the WAV. Describe it, or the row would say no
+            # audio was recorded while the whole call is on disk.
+            info = soundfile.info(str(flac))
+            values = {
+                "path": rec.path,
+                "format": "flac",
+                "duration_s": info.frames / info.samplerate,
+                "bytes": flac.stat().st_size,
+                "sha256": sha256_of(flac),
+            }
         else:
             values = {"duration_s": 0.0}
             problems.append("no audio was written (the recorder never started)")
