@@ -9,8 +9,8 @@ def best_match(recording: np.ndarray, template: np.ndarray) -> tuple[float, int]
     """(peak normalised correlation in -1..1, offset in samples) of `template` in `recording`."""
     rec = recording.astype(np.float64)
     tpl = template.astype(np.float64)
-    if len(tpl) == 0 or len(rec) < len(tpl):
-        return 0.0, 0
+    if len(tpl) == 0 or len(rec) < len(tpl) or float(np.dot(tpl, tpl)) < 1.0:
+        return 0.0, 0  # nothing to find (a silent template would divide 0 by 0)
     size = 1 << int(np.ceil(np.log2(len(rec) + len(tpl))))
     corr = np.fft.irfft(np.fft.rfft(rec, size) * np.conj(np.fft.rfft(tpl, size)), size)
     corr = corr[: len(rec) - len(tpl) + 1]
@@ -81,6 +81,16 @@ def _locate(
     half = len(piece) // 2
     if score >= GOOD or half < MIN_PIECE:
         return score, at
-    first_score, first_at = _locate(recording, piece[:half], start, at - start)
-    second_score, _ = _locate(recording, piece[half:], start + half, first_at - start)
+    first, second = piece[:half], piece[half:]
+    if _silent(first) or _silent(second):
+        # A pause in one half says nothing about what was heard: the other half is the piece.
+        loud, offset = (second, half) if _silent(first) else (first, 0)
+        loud_score, loud_at = _locate(recording, loud, start + offset, at - start)
+        return max(score, loud_score), loud_at - offset
+    first_score, first_at = _locate(recording, first, start, at - start)
+    second_score, _ = _locate(recording, second, start + half, first_at - start)
     return max(score, min(first_score, second_score)), first_at
+
+
+def _silent(piece: np.ndarray) -> bool:
+    return float(np.sqrt(np.mean(piece.astype(np.float64) ** 2))) < 100
