@@ -73,7 +73,7 @@ def time_to_menu(calls: int) -> None:
             clips = ClipLibrary(
                 TtsConfig(), data / "cache" / "tts", data / "prompts", "Acme Receivables"
             )
-            menu = clips.render(["menu"])[: SAMPLE_RATE]  # its first second
+            menu = clips.render(["menu"])[:SAMPLE_RATE]  # its first second
             spoken = sum(len(clips.render([key])) for key in BEFORE_MENU) / SAMPLE_RATE
             notice = len(clips.render(["recording_notice"])) / SAMPLE_RATE
             scripts = {

@@ -193,7 +193,7 @@ class AsrConfig:
         if self.transcribe not in TRANSCRIBE_MODES:
             raise ConfigError(
                 f"asr.transcribe: one of {', '.join(map(repr, TRANSCRIBE_MODES))}, "
-                f"got {self.transcribe!r} (false is now \"off\", true \"live+after\")"
+                f'got {self.transcribe!r} (false is now "off", true "live+after")'
             )
         _check_range("asr.transcribers", self.transcribers, -1, 64)
         _check_range("asr.after_backoff", self.after_backoff, 0.0, 86400.0)

@@ -167,8 +167,15 @@ def start_server(
     log_path = data_dir / "server.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml"), "serve",
-         *serve_args],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "voice",
+            "--config",
+            str(REPO / "config.toml"),
+            "serve",
+            *serve_args,
+        ],  # fmt: skip
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -65,9 +65,23 @@ def dial_out(server: Server, gateway_port: int, tmp_path: Path) -> int:
     """One call the fleet places (to the trunk's gateway, a sipp UAS that answers); its id."""
     with (tmp_path / "gateway.out").open("wb") as log:
         gateway = subprocess.Popen(
-            [require_sipp(), "-sn", "uas", "-i", "127.0.0.1", "-p", str(gateway_port),
-             "-mp", str(free_port_block(4)), "-m", "1", "-timeout", "40s", "-timeout_error",
-             "-nostdin"],  # fmt: skip
+            [
+                require_sipp(),
+                "-sn",
+                "uas",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(gateway_port),
+                "-mp",
+                str(free_port_block(4)),
+                "-m",
+                "1",
+                "-timeout",
+                "40s",
+                "-timeout_error",
+                "-nostdin",
+            ],  # fmt: skip
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -130,9 +144,7 @@ def test_the_fleet_counts_real_calls_on_both_workers_and_survives_a_kill(tmp_pat
             assert busy, server.health()
             victim = busy[0]
             os.kill(victim["pid"], signal.SIGKILL)
-            health = wait_for(
-                lambda: (h := server.health())["status"] == "ok" and h["workers"], 30
-            )
+            health = wait_for(lambda: (h := server.health())["status"] == "ok" and h["workers"], 30)
             assert health, server.health()
         finally:
             ua.kill()

@@ -171,7 +171,9 @@ def test_sixth_failing_call_from_a_number_is_told_to_try_later(
     assert report["code"] == 200 and not report["error"], report
     # ... the sixth is refused a try, and told so.
     [report] = run_ua(
-        server, "audio;dtmf:0002;audio;silence:1200:20;hangup", caller=FABRIKAM,
+        server,
+        "audio;dtmf:0002;audio;silence:1200:20;hangup",
+        caller=FABRIKAM,
         record=tmp_path / "h",
     )
     call_id = last_call_id(server, FABRIKAM)
@@ -205,9 +207,7 @@ def test_keypad_promise_is_read_back_and_stored_once(
     scores, _, _ = match_pieces(heard(report), readback)
     assert scores and min(scores) > 0.6, scores
     with server.session() as session:
-        outcomes = session.scalars(
-            select(CallOutcome).where(CallOutcome.call_id == call_id)
-        ).all()
+        outcomes = session.scalars(select(CallOutcome).where(CallOutcome.call_id == call_id)).all()
     assert [(o.kind, o.amount_cents, o.promise_date, o.user) for o in outcomes] == [
         ("promise_to_pay", 50000, when, "ivr")
     ]

@@ -193,10 +193,10 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused(w: PagesWorld) -> None:
         assert rec is not None
         call = session.get(Call, rec.call_id)
         assert call is not None
-        call.caller, call.callee = "=HYPERLINK(\"http://x\")", "-1+cmd|' /C calc'!A0"
+        call.caller, call.callee = '=HYPERLINK("http://x")', "-1+cmd|' /C calc'!A0"
     rows = list(csv.DictReader(io.StringIO(w.browser("cora").get("/recordings.csv").text)))
     [row] = [r for r in rows if int(r["id"]) == own]
-    assert row["caller"] == "'=HYPERLINK(\"http://x\")"
+    assert row["caller"] == '\'=HYPERLINK("http://x")'
     assert row["callee"] == "'-1+cmd|' /C calc'!A0"
     for number in ("+12125550101", "-4.5"):  # numbers and phone numbers stay as they are
         assert _cell(number) == number

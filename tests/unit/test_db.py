@@ -86,8 +86,12 @@ def test_a_database_made_before_transcripts_had_a_source_gets_it(database_url: s
         with engine.begin() as conn:  # as an older version left it: no source column, one row
             conn.execute(text("ALTER TABLE transcripts DROP COLUMN source"))
             call = conn.execute(
-                insert(Call.__table__).values(direction="inbound", worker="w", sip_call_id="s",
-                                              started_at=dt.datetime.now(dt.UTC))  # fmt: skip
+                insert(Call.__table__).values(
+                    direction="inbound",
+                    worker="w",
+                    sip_call_id="s",
+                    started_at=dt.datetime.now(dt.UTC),
+                )  # fmt: skip
             ).inserted_primary_key[0]
             conn.execute(text("INSERT INTO transcripts (call_id, speaker, text, words, created_at)"
                               " VALUES (:c, 'caller', 'x', '[]', :t)"),

@@ -58,7 +58,6 @@ NW_INVOICE = InvoiceSummary(
 NW_PAYMENT = PaymentSummary(dt.date(2024, 3, 12), 60000, "CHK-5001", "USD")
 
 
-
 def menu_cfg(**values: Any) -> IvrConfig:
     """These tests are about the menu after identification: right-party verification is off
     here (ivr.verify = "none"); tests/unit/test_verify_flow.py covers it."""

@@ -25,9 +25,7 @@ class Engine:
     def __init__(self) -> None:
         self.started: list[bool] = []  # per play: did it carry a reply to time
 
-    def play(
-        self, key: int, pcm: Any, on_done: Callable[[], None], on_start: Any = None
-    ) -> bool:
+    def play(self, key: int, pcm: Any, on_done: Callable[[], None], on_start: Any = None) -> bool:
         self.started.append(on_start is not None)
         if on_start is not None:
             on_start()

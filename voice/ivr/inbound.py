@@ -44,8 +44,6 @@ SPOKEN_MENU: dict[str, str] = {option: key for key, option in MENU.items()}
 UNVERIFIED_SPOKEN_MENU: dict[str, str] = {option: key for key, option in UNVERIFIED_MENU.items()}
 
 
-
-
 class Ledger(Protocol):
     async def accounts_for_phone(self, caller: str | None) -> list[AccountSummary]: ...
     async def account_by_number(self, number: str) -> AccountSummary | None: ...
@@ -158,9 +156,7 @@ class InboundFlow:
         for _ in range(self.cfg.account_number_tries):
             digits = await self.steps.gather(["which_account"], max_digits=4)
             chosen = [
-                a
-                for a in matches
-                if len(digits) == 4 and keyed_number(a.number).endswith(digits)
+                a for a in matches if len(digits) == 4 and keyed_number(a.number).endswith(digits)
             ]
             if len(chosen) == 1:
                 return await self._identified(chosen[0], "caller ID and last 4 digits")
@@ -284,7 +280,6 @@ class InboundFlow:
         await self.journal.event("said", {"option": option, "text": text})
         self.record.actions.append(f"{option.replace('_', ' ')}: {text}")
         await self.steps.play(tokens)
-
 
 
 # -- answers: pure functions from ledger values to (tokens to speak, text for the note) --------
