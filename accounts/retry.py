@@ -85,3 +85,8 @@ async def retry_db(tries: int, fn: Callable[..., T], *args: Any, **kwargs: Any) 
         if refused:
             BACKLOG.labels("retrying").dec()
         WRITE_SECONDS.labels(outcome).observe(time.monotonic() - started)
+
+
+def backoff(attempts: int, initial: float, maximum: float) -> float:
+    """Seconds to wait after the `attempts`-th failure (1, 2, ...): doubling, capped."""
+    return min(maximum, initial * 2.0 ** min(attempts - 1, 62))

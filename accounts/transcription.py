@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from accounts.models import Base, Note, Recording, UtcDateTime, utcnow
-from accounts.webhook import backoff
+from accounts.retry import backoff
 
 if TYPE_CHECKING:
     from voice.config import AsrConfig

@@ -48,7 +48,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import Account, Note, Transcript, WebhookOutbox, utcnow
-from accounts.retry import DB_ERRORS
+from accounts.retry import DB_ERRORS, backoff
 
 if TYPE_CHECKING:
     from voice.config import Config, WebhookConfig
@@ -92,11 +92,6 @@ def check_signature(
     if not stamp.isdigit() or abs(now - int(stamp)) > tolerance:
         return False
     return hmac.compare_digest(sign(secret, int(stamp), body), given)
-
-
-def backoff(attempts: int, initial: float, maximum: float) -> float:
-    """Seconds to wait after the `attempts`-th failure (1, 2, ...)."""
-    return min(maximum, initial * 2.0 ** min(attempts - 1, 62))
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
