@@ -1,5 +1,6 @@
 """`voice models fetch NAME`: real downloads from a local HTTP server serving archives the tests
-build (no English Vosk model can be downloaded here: DESIGN.md), real zip files, real renames."""
+build (no English Vosk model can be downloaded here: ../shared/DESIGN.md), real zip files,
+real renames."""
 
 from __future__ import annotations
 

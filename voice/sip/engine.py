@@ -2,7 +2,7 @@
 
 Every pjsua2 call happens on the owner thread: asyncio code submits callables with `run()`, and
 pjsua2 callbacks hand events to the loop with `call_soon_threadsafe`. The traps measured in
-DESIGN.md are handled here and only here:
+../shared/DESIGN.md are handled here and only here:
 
 - null sound device, and `sndAutoCloseTime = -1` so conference slots of ended calls are freed;
 - the Python reference to a `Call` is dropped in `onCallState(DISCONNECTED)`;
