@@ -75,7 +75,7 @@ async def retry_db(tries: int, fn: Callable[..., T], *args: Any, **kwargs: Any) 
                     refused = True
                     BACKLOG.labels("retrying").inc()
                 WRITE_RETRIES.inc()
-                await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
+                await asyncio.sleep(retry_pause(attempt))
             else:
                 outcome = "ok"
                 return result
@@ -90,3 +90,9 @@ async def retry_db(tries: int, fn: Callable[..., T], *args: Any, **kwargs: Any) 
 def backoff(attempts: int, initial: float, maximum: float) -> float:
     """Seconds to wait after the `attempts`-th failure (1, 2, ...): doubling, capped."""
     return min(maximum, initial * 2.0 ** min(attempts - 1, 62))
+
+
+def retry_pause(attempt: int) -> float:
+    """Seconds before trying a refused database write again after try `attempt` (0, 1, ...):
+    0.25 s doubling to 4 s, the schedule every call-side retry uses."""
+    return backoff(attempt + 1, 0.25, 4.0)

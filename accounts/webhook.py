@@ -48,7 +48,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import Account, Note, Transcript, WebhookOutbox, utcnow
-from accounts.retry import DB_ERRORS, backoff
+from accounts.retry import DB_ERRORS, backoff, retry_pause
 
 if TYPE_CHECKING:
     from voice.config import Config, WebhookConfig
@@ -253,7 +253,7 @@ class Outbox:
                 if attempt == MARK_TRIES - 1:
                     log.error("webhook delivery %d sent but not marked: it will be sent again", rid)
                     raise
-                time.sleep(min(0.25 * 2**attempt, 4.0))
+                time.sleep(retry_pause(attempt))
 
     def _failed(
         self, rid: int, attempts: int, error: str, now: dt.datetime, report: DeliveryReport
