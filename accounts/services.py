@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts import transcription
 from accounts.models import (
     CALL_DIRECTIONS,
     CALL_STATUSES,
@@ -28,6 +29,7 @@ from accounts.models import (
     utcnow,
 )
 from accounts.phones import caller_e164
+from accounts.transcription import TranscriptionJob
 from accounts.views import (
     AccountSummary,
     Balance,
@@ -156,7 +158,24 @@ _FINAL_STATUSES = tuple(s for s in CALL_STATUSES if s != "in_progress")
 
 def owe_transcript(session: Session, call_id: int) -> bool:
     """Queue a `note.transcript` delivery of the call's note, in the caller's transaction
-    (also when an after-call transcript lands: accounts/transcription.py)."""
+    (also when an after-call transcript lands: voice/asr/after.py).
+
+    The CRM gets the call's transcript once it is whole: not while an after-call job of one of
+    the call's recordings is still to land (that job owes it when it does). The call's row is
+    locked first so two jobs of one call landing at once (PostgreSQL's runners) are taken in
+    turn: the second sees the first done, and only the last to land sends.
+    """
+    session.scalar(select(Call.id).where(Call.id == call_id).with_for_update())
+    unfinished = session.scalar(
+        select(TranscriptionJob.id)
+        .where(
+            TranscriptionJob.call_id == call_id,
+            TranscriptionJob.state.in_((transcription.PENDING, transcription.RUNNING)),
+        )
+        .limit(1)
+    )
+    if unfinished is not None:
+        return False
     note_id = session.scalar(
         select(Note.id).where(Note.call_id == call_id, Note.kind == "call").limit(1)
     )

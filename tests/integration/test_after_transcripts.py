@@ -115,12 +115,13 @@ def starts_of_word(found: list[Transcript]) -> list[float]:
 
 
 def note_and_deliveries(server: Server, job: TranscriptionJob) -> tuple[str, list[str]]:
-    """The call's note, and the webhook events queued for it since the job landed."""
+    """The call's note, and every `note.transcript` delivery queued for it (the CRM is told
+    once, when the call's last job lands: not also at hang-up with a partial transcript)."""
     with server.session() as session:
         note = session.scalars(select(Note).where(Note.call_id == job.call_id)).one()
         events = session.scalars(
             select(WebhookOutbox.event).where(
-                WebhookOutbox.note_id == note.id, WebhookOutbox.created_at >= job.finished_at
+                WebhookOutbox.note_id == note.id, WebhookOutbox.event == "note.transcript"
             )
         ).all()
         return note.body, list(events)

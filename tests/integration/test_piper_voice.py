@@ -35,15 +35,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_the_caller_hears_the_piper_voice(server: Server, tmp_path: Path) -> None:
-    [report] = run_ua(server, "audio;silence:1500:20;hangup", record=tmp_path / "heard")
-    assert report["code"] == 200 and not report["error"], report
-    heard, _ = soundfile.read(str(report["record"]), dtype="int16")
     cache, prompts = server.data_dir / "cache" / "tts", server.data_dir / "prompts"
     piper = ClipLibrary(TtsConfig(), cache, prompts, "Acme Receivables")
     assert piper.engine == "piper"
     assert list((cache / "piper").rglob("*.wav")), "the server rendered no piper clips"
-    scores, jump, _ = match_pieces(heard, piper.render(["greeting"]))
-    assert scores and min(scores) > 0.6 and jump < 0.1, scores
+    greeting = piper.render(["greeting"])
+    # Listen for the greeting's length and 3 s more (a stall of the media clock on a loaded
+    # machine delays it; a CI run that hung up after 1.5 s of quiet cut it in the middle).
+    listen = len(greeting) / 16000 + 3.0
+    [report] = run_ua(server, f"audio;wait:{listen:.1f};hangup", record=tmp_path / "heard")
+    assert report["code"] == 200 and not report["error"], report
+    heard, _ = soundfile.read(str(report["record"]), dtype="int16")
+    scores, jump, _ = match_pieces(heard, greeting)
+    # Every piece heard, in order; a stall only delays the rest (as the silence test allows).
+    assert scores and min(scores) > 0.6 and jump < 3.0, (scores, jump)
     # The same sentence in espeak-ng's voice is not what was heard: the check can fail.
     espeak = ClipLibrary(TEST_TTS, tmp_path / "espeak", prompts, "Acme Receivables")
     assert best_match(heard, espeak.render(["greeting"]))[0] < 0.5

@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accounts import transcription as jobs
 from accounts.db import make_sessions
-from accounts.models import Account, Note, utcnow
+from accounts.models import Account, Note, Recording, Transcript, WebhookOutbox, utcnow
+from accounts.services import owe_transcript
 from accounts.transcription import TranscriptionJob
+from accounts.webhook import TRANSCRIPT_EVENT
 from tests.unit.recdata import World, build_world
 from voice import config
 from voice.asr.after import transcriber_names
@@ -231,3 +233,35 @@ def test_how_many_transcription_processes_serve_runs(
 def test_asr_transcribe_takes_one_of_its_modes(value: str) -> None:
     with pytest.raises(config.ConfigError, match="asr.transcribe: one of 'live\\+after'"):
         config.from_mapping({"asr": {"transcribe": value}})
+
+
+def test_the_crm_gets_the_transcript_once_the_calls_last_job_lands(world: World) -> None:
+    # A call with two recordings (its IVR part and a bridged part): one live transcript whole,
+    # the other's job still to run. Telling the CRM at hang-up would send a partial transcript
+    # and then the whole one again; only the last job to land owes it.
+    s = world.sessions
+    whole = recent_recording(world, ago=1)
+    with s.begin() as session:
+        rec = session.get(Recording, whole)
+        assert rec is not None
+        call_id = rec.call_id
+    short = world.recording(call_id, started_at=utcnow(), status="final")
+    with s.begin() as session:
+        said = {"speaker": "caller", "text": "마지막 결제", "start_s": 1.0, "end_s": 2.0}
+        session.add(Transcript(call_id=call_id, recording_id=whole, source="live", **said))
+        jobs.mark_live(session, whole, True)
+        jobs.mark_live(session, short, False, "agent: 3.0 s of audio dropped")
+    with s.begin() as session:
+        assert owe_transcript(session, call_id) is False  # the hang-up's: a job is to come
+    with s.begin() as session:
+        job = jobs.claim(session, "t0")
+        assert job is not None and job.recording_id == short
+        job_call = job.call_id
+        assert owe_transcript(session, job_call) is False  # running: still to land
+        jobs.finish(session, job, 3.0, 1.0, 1)
+        assert owe_transcript(session, job_call) is True  # landed: the whole transcript
+    with s() as session:
+        owed = session.scalars(
+            select(WebhookOutbox.event).where(WebhookOutbox.event == TRANSCRIPT_EVENT)
+        ).all()
+    assert owed == [TRANSCRIPT_EVENT]

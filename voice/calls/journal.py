@@ -61,8 +61,10 @@ class CallLog:
         book: RecordingBook | None = None,
         metrics: collections.Counter[str] | None = None,
         writes: WriteBehind | None = None,
+        owes_transcript: bool = True,
     ) -> None:
         self._journal = journal
+        self._owes_transcript = owes_transcript  # False: an after-call job sends it instead
         self._writes = writes
         self.call_id = call_id
         self._sessions = sessions
@@ -189,6 +191,8 @@ class CallLog:
 
     async def transcript_done(self) -> None:
         """Once every stored utterance is in, owe the CRM the transcript (if there is one)."""
+        if not self._owes_transcript:
+            return
         if self._behind("transcript_ready"):  # written after the utterances handed over before
             return
         pending, self._storing = self._storing, set()

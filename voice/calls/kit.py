@@ -76,6 +76,9 @@ class CallKit:
             book=self.book,
             metrics=self.metrics,
             writes=self.writes,
+            # "after": every recording gets a job, which owes the CRM the transcript when it
+            # lands; the live path's (the IVR's rendered rows) would be a first, partial one.
+            owes_transcript=self.cfg.asr.transcribe != "after",
         )
 
     def media(self, log: CallLog) -> CallMedia:
