@@ -214,9 +214,10 @@ def test_after_mode_stores_what_the_caller_said(tmp_path: Path, phrase: Path) ->
 @pytest.mark.skipif(not Path("/usr/sbin/kamailio").exists(), reason="Kamailio is not installed")
 @pytest.mark.xfail(
     strict=False,
-    reason="known defect (issue 15): with 8 live streams on 2 cores the live recogniser can "
-    "mis-hear a phrase while reporting its transcript whole (CI 2026-12-03: '하지만 였다' for "
-    "'마지막 결제'), so no after-call job runs; a whole stream is not a right one",
+    reason="known defect (issue 15): with 8 speaking calls, 2 transcribers and PostgreSQL on "
+    "2 cores the audio the server records is already damaged (2026-12-03: the phrase sent "
+    "scored 0.1-0.9 against each recording, piece by piece), so the live transcript and the "
+    "after-call job, which ran, both mis-hear it; the UAs run ahead of the server (nice -10)",
 )
 def test_a_burst_of_8_speaking_calls_into_2_workers_gets_every_transcript(
     tmp_path: Path, phrase: Path, pg_cluster: Any
@@ -234,7 +235,8 @@ def test_a_burst_of_8_speaking_calls_into_2_workers_gets_every_transcript(
     try:
         steps = f"audio;wait:{SPEAK_AT};say:{phrase};wait:3;hangup"
         uas = [
-            start_ua(server, steps, tmp_path / f"ua{i}.out", caller=KNOWN, calls=4, timeout=90)
+            start_ua(server, steps, tmp_path / f"ua{i}.out", ahead=True, caller=KNOWN, calls=4,
+                     timeout=90)  # fmt: skip
             for i in range(2)
         ]
         for ua in uas:
