@@ -48,7 +48,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.models import Account, Note, Transcript, WebhookOutbox, utcnow
-from accounts.retry import DB_ERRORS, backoff, retry_pause
+from accounts.retry import DB_ERRORS, DB_TRIES, backoff, retry_pause
 
 if TYPE_CHECKING:
     from voice.config import Config, WebhookConfig
@@ -62,7 +62,6 @@ EVENT_HEADER = "X-Voice-Event"
 TRANSCRIPT_EVENT = "note.transcript"
 REPLAY_TOLERANCE = 300.0  # seconds a receiver should accept a timestamp either side of its clock
 _ERROR_BYTES = 200  # of a failed response's body kept in last_error
-MARK_TRIES = 8  # a sent delivery's "delivered" mark: ~20 s of retries while the db refuses
 
 
 class DeliveryError(Exception):
@@ -236,7 +235,7 @@ class Outbox:
         """Mark a sent delivery, retried while the database refuses: left unmarked, it would
         be sent again once its lease ran out, a duplicate no attempt count shows (found by
         bench/soak.py on SQLite under load: 10 of 633)."""
-        for attempt in range(MARK_TRIES):
+        for attempt in range(DB_TRIES):
             try:
                 with self._sessions.begin() as session:
                     session.execute(
@@ -250,7 +249,7 @@ class Outbox:
                     )  # fmt: skip
                 return
             except DB_ERRORS:
-                if attempt == MARK_TRIES - 1:
+                if attempt == DB_TRIES - 1:
                     log.error("webhook delivery %d sent but not marked: it will be sent again", rid)
                     raise
                 time.sleep(retry_pause(attempt))

@@ -36,7 +36,7 @@ from tests.integration.conftest import (
     wait_for,
     write_wav,
 )
-from tests.integration.test_fleet import fleet_env
+from tests.integration.fleet import fleet_env
 
 pytestmark = pytest.mark.integration
 

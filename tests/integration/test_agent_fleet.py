@@ -39,6 +39,7 @@ from tests.integration.conftest import (
     wait_for,
     write_wav,
 )
+from tests.integration.fleet import fleet_env
 from tests.integration.test_agent_transfer import (
     COLLECTOR_SOUND,
     CUSTOMER_SOUND,
@@ -52,7 +53,6 @@ from tests.integration.test_agent_transfer import (
     upsample,
 )
 from tests.integration.test_api import api, token_of, voice_users
-from tests.integration.test_fleet import fleet_env
 from tests.integration.test_kamailio import received_messages
 
 CALLER_ID = "+12125550100"

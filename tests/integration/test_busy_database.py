@@ -30,7 +30,7 @@ from tests.integration.conftest import (
     stop_server,
     wait_for,
 )
-from tests.integration.test_fleet import fleet_env
+from tests.integration.fleet import fleet_env
 from voice.ivr.clips import ClipLibrary
 from voice.ivr.inbound import balance_answer
 

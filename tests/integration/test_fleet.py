@@ -7,7 +7,6 @@ PostgreSQL, so several workers write calls and notes to both at the same time.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -25,16 +24,21 @@ from accounts.models import Call, CallEvent, Note
 from tests.integration.conftest import (
     REPO,
     Server,
-    free_port,
-    free_port_block,
-    require_sipp,
     start_server,
     stop_server,
     wait_for,
 )
+from tests.integration.fleet import (
+    KNOWN,
+    SippGateway,
+    calls_since,
+    fleet_env,
+    last_id,
+    running_fleet,
+    sipp_calls,
+    voice_ctl,
+)
 
-SIPP_DIR = Path(__file__).resolve().parents[1] / "sipp"
-KNOWN = "+12125550101"  # demo account 10042
 WORKERS = 5  # 20 call slots: more than one worker (4) holds
 pytestmark = pytest.mark.skipif(
     not Path("/usr/sbin/kamailio").exists() and not os.environ.get("CI"),
@@ -42,90 +46,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def fleet_env(workers: int, **extra: str) -> dict[str, str]:
-    return {
-        "VOICE_WORKERS_COUNT": str(workers),
-        "VOICE_WORKERS_SIP_PORT": str(free_port_block(workers)),
-        "VOICE_WORKERS_RESTART_DELAY": "0.5",
-        **extra,
-    }
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def fleet(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    gateway_port = free_port()
-    extra = fleet_env(WORKERS, VOICE_KAMAILIO_GATEWAY=f"127.0.0.1:{gateway_port}")
+    extra = {}
     if request.param == "postgresql":
         extra["VOICE_DATABASE_URL"] = request.getfixturevalue("pg_cluster").create_database()
-    srv = start_server(tmp_path_factory.mktemp(f"fleet-{request.param}"), extra)
-    srv.gateway_port = gateway_port  # type: ignore[attr-defined]
-    try:
+    with running_fleet(tmp_path_factory.mktemp(f"fleet-{request.param}"), WORKERS, **extra) as srv:
         yield srv
-    finally:
-        stop_server(srv)
-
-
-def sipp_calls(
-    server: Server,
-    tmp_path: Path,
-    *,
-    calls: int,
-    rate: int,
-    hold_ms: int,
-    timeout: float = 60.0,
-    background: bool = False,
-) -> subprocess.CompletedProcess[bytes] | subprocess.Popen[bytes]:
-    args = [
-        require_sipp(),
-        "-sf",
-        "fleet_ivr_call.xml",
-        "-key",
-        "caller",
-        KNOWN,
-        "-s",
-        "ivr",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(free_port()),
-        "-mp",
-        str(free_port_block(4)),
-        "-m",
-        str(calls),
-        "-l",
-        str(calls),
-        "-r",
-        str(rate),
-        "-d",
-        str(hold_ms),
-        "-timeout",
-        f"{int(timeout)}s",
-        "-timeout_error",
-        "-nostdin",
-        "-trace_err",
-        "-error_file",
-        str(tmp_path / "sipp-errors.log"),
-        "-trace_stat",
-        "-stf",
-        str(tmp_path / "sipp-stat.csv"),
-        f"127.0.0.1:{server.sip_port}",
-    ]
-    if background:
-        with (tmp_path / "sipp.out").open("wb") as out:
-            return subprocess.Popen(args, cwd=SIPP_DIR, stdout=out, stderr=subprocess.STDOUT)
-    return subprocess.run(args, cwd=SIPP_DIR, capture_output=True, timeout=timeout + 30)
-
-
-def calls_since(server: Server, first_id: int) -> list[Call]:
-    with server.session() as session:
-        return list(session.scalars(select(Call).where(Call.id > first_id).order_by(Call.id)))
-
-
-def last_id(server: Server) -> int:
-    with server.session() as session:
-        return session.scalar(select(Call.id).order_by(Call.id.desc()).limit(1)) or 0
 
 
 def choices_of(server: Server, call_id: int) -> list[str]:
@@ -235,47 +164,13 @@ def test_a_burst_beyond_capacity_is_refused_not_crashed(fleet: Server, tmp_path:
     ]
 
 
-def voice_ctl(server: Server, *args: str) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, "-m", "voice", "--config", str(REPO / "config.toml"), "ctl", *args],
-        env={**os.environ, "VOICE_DATA_DIR": str(server.data_dir)},
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr.decode()
-    return json.loads(out.stdout)
-
-
 def test_control_channel_places_and_ends_a_call(fleet: Server, tmp_path: Path) -> None:
     health = voice_ctl(fleet, "health")
     assert health["capacity"]["max_calls"] == WORKERS * 4
     assert all(w["ready"] and w["memory_kb"]["pss_kb"] > 0 for w in health["workers"])
     # The trunk's gateway is a sipp UAS: the call a worker places reaches it through Kamailio.
-    gateway_log = (tmp_path / "gateway.out").open("wb")
-    gateway = subprocess.Popen(
-        [
-            require_sipp(),
-            "-sn",
-            "uas",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(fleet.gateway_port),
-            "-mp",
-            str(free_port_block(4)),
-            "-m",
-            "1",
-            "-timeout",
-            "40s",
-            "-timeout_error",
-            "-nostdin",
-        ],
-        stdout=gateway_log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        time.sleep(0.5)
+    port = fleet.gateway_port  # type: ignore[attr-defined]
+    with SippGateway(port, tmp_path / "gateway.out") as gateway:
         placed = voice_ctl(fleet, "dial", KNOWN)
         call_id = placed["call_id"]
         assert isinstance(call_id, int)
@@ -283,12 +178,7 @@ def test_control_channel_places_and_ends_a_call(fleet: Server, tmp_path: Path) -
         # The IVR greets the customer it called and finds their account by the number.
         assert wait_for(lambda: account_of(fleet, call_id), timeout=15)
         assert voice_ctl(fleet, "hangup", str(call_id))["call_id"] == call_id
-        assert gateway.wait(20) == 0, (tmp_path / "gateway.out").read_text()[-2000:]
-    finally:
-        if gateway.poll() is None:
-            gateway.kill()
-            gateway.wait()
-        gateway_log.close()
+        gateway.ended()
     with fleet.session() as session:
         call = session.get(Call, call_id)
         assert call is not None

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,17 +15,19 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.integration.conftest import (
     Server,
-    free_port,
-    free_port_block,
-    require_sipp,
     run_ua,
     scrape,
-    start_server,
     start_ua,
-    stop_server,
     wait_for,
 )
-from tests.integration.test_fleet import KNOWN, calls_since, fleet_env, last_id, voice_ctl
+from tests.integration.fleet import (
+    KNOWN,
+    SippGateway,
+    calls_since,
+    last_id,
+    running_fleet,
+    voice_ctl,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -61,49 +61,19 @@ def key_replies_of(server: Server, pid: int) -> float:
     return 0.0
 
 
-def dial_out(server: Server, gateway_port: int, tmp_path: Path) -> int:
+def dial_out(server: Server, tmp_path: Path) -> int:
     """One call the fleet places (to the trunk's gateway, a sipp UAS that answers); its id."""
-    with (tmp_path / "gateway.out").open("wb") as log:
-        gateway = subprocess.Popen(
-            [
-                require_sipp(),
-                "-sn",
-                "uas",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(gateway_port),
-                "-mp",
-                str(free_port_block(4)),
-                "-m",
-                "1",
-                "-timeout",
-                "40s",
-                "-timeout_error",
-                "-nostdin",
-            ],  # fmt: skip
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        time.sleep(0.5)
+    port = server.gateway_port  # type: ignore[attr-defined]
+    with SippGateway(port, tmp_path / "gateway.out") as gateway:
         call_id = int(voice_ctl(server, "dial", KNOWN)["call_id"])
         assert wait_for(lambda: grew(scrape(server), {}, OUTBOUND) >= 1, 15), scrape(server)
         voice_ctl(server, "hangup", str(call_id))
-        assert gateway.wait(20) == 0, (tmp_path / "gateway.out").read_text()[-2000:]
-    finally:
-        if gateway.poll() is None:
-            gateway.kill()
-            gateway.wait()
+        gateway.ended()
     return call_id
 
 
 def test_the_fleet_counts_real_calls_on_both_workers_and_survives_a_kill(tmp_path: Path) -> None:
-    gateway_port = free_port()
-    server = start_server(
-        tmp_path / "voice", fleet_env(2, VOICE_KAMAILIO_GATEWAY=f"127.0.0.1:{gateway_port}")
-    )
-    try:
+    with running_fleet(tmp_path / "voice", 2) as server:
         before, first = scrape(server), last_id(server)
         reports = run_ua(server, "audio;dtmf:1;audio;wait:1;hangup", caller=KNOWN, calls=CALLS)
         assert all(r["code"] == 200 and not r["error"] for r in reports), reports
@@ -132,7 +102,7 @@ def test_the_fleet_counts_real_calls_on_both_workers_and_survives_a_kill(tmp_pat
         assert after["voice_transcription_oldest_pending_seconds"] >= 0
         assert "voice_transcription_jobs_pending" in after
 
-        dial_out(server, gateway_port, tmp_path)
+        dial_out(server, tmp_path)
         placed = scrape(server)
         assert grew(placed, after, OUTBOUND) == 1
         assert grew(placed, after, "voice_calls_placed_total") == 1
@@ -156,5 +126,3 @@ def test_the_fleet_counts_real_calls_on_both_workers_and_survives_a_kill(tmp_pat
         assert killed[f'voice_worker_restarts_total{{worker="{victim["name"]}"}}'] == 1
         assert wait_for(lambda: owed(scrape(server)) == 0, 10), scrape(server)
         assert killed["voice_up"] == 1
-    finally:
-        stop_server(server)

@@ -18,7 +18,7 @@ from accounts.models import Recording, Transcript
 from recordings.retention import Retention
 from tests.unit.apiworld import CLIENT, World, add_recording, make_world
 from voice.api.auth import DENIED
-from voice.api.recordings import _Unsatisfiable, parse_range
+from voice.api.recording_audio import _Unsatisfiable, parse_range
 
 
 @pytest.fixture

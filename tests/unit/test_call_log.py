@@ -63,6 +63,6 @@ async def test_an_event_that_never_lands_is_skipped_and_the_call_goes_on(
 
 
 async def test_the_note_is_retried_longer_than_an_event() -> None:
-    journal = LockedJournal(failures=call_journal.NOTE_TRIES - 1)
+    journal = LockedJournal(failures=call_journal.DB_TRIES - 1)
     await CallLog(journal, 9).finish("completed", "done", "note")  # type: ignore[arg-type]
     assert journal.finished == [(9, "completed")]

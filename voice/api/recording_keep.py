@@ -1,7 +1,7 @@
 """Recordings over HTTP, for compliance and administrators: integrity check and legal hold.
 
 Both are audited in the same transaction or before the answer, as every recording access is
-(voice/api/recordings.py has the access rule, `visible`, and the reads).
+(voice/api/recording_access.py has the access rule, `visible`; voice/api/recordings.py the reads).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from recordings.verify import verify
 from voice.api.auth import client_addr, config_of, deny, requires, sessions_of
 from voice.api.openapi import documented, error_responses, id_param, json_body
 from voice.api.params import int_id, read_json
-from voice.api.recordings import as_json, file_access, visible
+from voice.api.recording_access import as_json, file_access, visible
 from voice.config import Config
 
 KEEPERS = ("compliance", "admin")  # integrity checks and legal holds

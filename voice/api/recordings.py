@@ -1,35 +1,30 @@
-"""Recordings over HTTP: search, metadata, audio (HTTP Range), integrity check, legal hold.
+"""Recordings over HTTP: search, CSV export rows, metadata, waveform peaks; the routes.
 
 Collectors reach only recordings of calls on accounts assigned to them (404 otherwise, as if
-the recording did not exist); supervisors, compliance and administrators reach all. Checking
-integrity and legal holds belong to compliance and administrators (voice/api/recording_keep.py).
-Every access, refusal included, is an audit row written before any audio leaves: if it cannot
-be written, nothing is served.
+the recording did not exist); supervisors, compliance and administrators reach all
+(voice/api/recording_access.py). The audio, with HTTP Range, is voice/api/recording_audio.py;
+checking integrity and legal holds, for compliance and administrators,
+voice/api/recording_keep.py. Every access, refusal included, is an audit row written before
+any of it leaves: if it cannot be written, nothing is served.
 """
 
 from __future__ import annotations
 
-import base64
-import os
-import re
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import anyio
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts import audit
 from accounts.models import Recording
 from accounts.users import Principal
-from recordings.paths import UnsafePath, open_for_reading, path_for
+from recordings.paths import UnsafePath
 from recordings.peaks import NoAudio, peaks_of
 from recordings.search import (
     MAX_LIMIT,
@@ -39,37 +34,26 @@ from recordings.search import (
     Scope,
     SearchError,
 )
-from recordings.verify import RecordingNotFound
-from voice.api.auth import client_addr, config_of, deny, requires, sees_account, sessions_of
+from voice.api.auth import client_addr, config_of, requires, sessions_of
 from voice.api.openapi import documented, error_responses, id_param, query_param
 from voice.api.params import int_id, int_query, query, utc_query, utc_until
+from voice.api.recording_access import (
+    READERS,
+    as_json,
+    file_access,
+    refuse_without_audio,
+    visible,
+)
+from voice.api.recording_audio import get_audio
 from voice.config import Config
 
-READERS = ("collector", "supervisor", "compliance", "admin")
 EXPORT_MAX = 5000  # rows in one CSV export
-CHUNK = 64 * 1024
-MEDIA_TYPES = {"flac": "audio/flac", "wav": "audio/wav"}
-_RANGE = re.compile(r"(\d{0,18})-(\d{0,18})")
 SEARCH_PARAMS = ("account", "phone", "collector", "from", "to", "direction", "q", "order")
 _STRING = {"type": "string"}
 
 
 def _scope(user: Principal) -> Scope:
     return Scope.collector(user.collector_id) if user.role == "collector" else Scope.all()
-
-
-def as_json(info: RecordingInfo) -> dict[str, Any]:
-    out = info.to_json()
-    out["audio_url"] = f"/api/recordings/{info.id}/audio"
-    return out
-
-
-def file_access(
-    request: Request, user: Principal
-) -> tuple[sessionmaker[Session], Path, Principal, str | None]:
-    """(sessions, recordings folder, user, client address): what every access to a recording's
-    file takes (audio, peaks, verify), from the request."""
-    return sessions_of(request), config_of(request).recordings_dir, user, client_addr(request)
 
 
 # -- search -------------------------------------------------------------------------------
@@ -177,22 +161,6 @@ def export_for(
 # -- one recording ------------------------------------------------------------------------
 
 
-def visible(
-    sessions: sessionmaker[Session], user: Principal, addr: str | None, recording_id: int
-) -> RecordingInfo:
-    """The recording if `user` may see it; otherwise the refusal is audited and 404 raised."""
-    try:
-        info = RecordingSearch(sessions).get(recording_id, Scope.all())
-    except RecordingNotFound:
-        deny(sessions, user, addr, "recording", recording_id, "no such recording")
-        raise HTTPException(404, f"no recording {recording_id}") from None
-    if not sees_account(user, info.collector_id):
-        reason = "recording of an account not assigned to this collector"
-        deny(sessions, user, addr, "recording", recording_id, reason)
-        raise HTTPException(404, f"no recording {recording_id}")
-    return info
-
-
 @requires(*READERS)
 @documented(parameters=[id_param("recording_id")], responses={**error_responses("404")})
 async def get_recording(request: Request, user: Principal) -> Response:
@@ -243,7 +211,7 @@ def peaks_for(
 ) -> dict[str, Any]:
     """The peaks if `user` may see the recording; audited like a read, before they are sent."""
     info = visible(sessions, user, addr, rid)
-    _refuse_without_audio(sessions, user, addr, info)
+    refuse_without_audio(sessions, user, addr, info)
     with sessions() as session:
         recording = session.get(Recording, rid)
     assert recording is not None  # visible() found it; rows are never deleted
@@ -253,169 +221,6 @@ def peaks_for(
         return peaks_of(recording, root)
     except (NoAudio, UnsafePath):
         raise HTTPException(404, f"recording {rid}: audio file missing (run verify)") from None
-
-
-def _refuse_without_audio(
-    sessions: sessionmaker[Session], user: Principal, addr: str | None, info: RecordingInfo
-) -> None:
-    rid = info.id
-    if info.status == "deleted":
-        deny(sessions, user, addr, "recording", rid, "audio deleted", status=410)
-        raise HTTPException(410, f"recording {rid} was deleted after its retention period")
-    if info.status == "recording":
-        deny(sessions, user, addr, "recording", rid, "still recording", status=409)
-        raise HTTPException(409, f"recording {rid} is still being recorded")
-
-
-# -- audio --------------------------------------------------------------------------------
-
-
-class _Unsatisfiable(Exception):
-    pass
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The (first, last) byte of a single `bytes=` range, None to send the whole file.
-
-    A unit other than bytes, or several ranges, is ignored (the whole file is sent, as
-    RFC 9110 allows); a malformed or unsatisfiable byte range raises _Unsatisfiable."""
-    if header is None:
-        return None
-    header = header.strip()
-    if header[:6].lower() != "bytes=" or "," in header:
-        return None
-    match = _RANGE.fullmatch(header[6:].strip())
-    if not match or not (match.group(1) or match.group(2)):
-        raise _Unsatisfiable
-    first, last = match.group(1), match.group(2)
-    if not first:  # suffix: the last N bytes
-        n = int(last)
-        if n == 0 or size == 0:
-            raise _Unsatisfiable
-        return max(0, size - n), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
-    if start >= size or end < start:
-        raise _Unsatisfiable
-    return start, min(end, size - 1)
-
-
-@requires(*READERS)
-@documented(
-    parameters=[
-        id_param("recording_id"),
-        query_param("download", "1: as an attachment (Content-Disposition)", _STRING),
-        {"name": "Range", "in": "header", "schema": _STRING, "description": "bytes=first-last"},
-    ],
-    responses={
-        "200": {"description": "the whole file", "content": {"audio/flac": {}}},
-        "206": {"description": "the requested bytes (Content-Range)"},
-        "409": {"description": "still recording"},
-        "410": {"description": "deleted after its retention period"},
-        "416": {"description": "the range cannot be satisfied"},
-        **error_responses("404", "422"),
-    },
-)
-async def get_audio(request: Request, user: Principal) -> Response:
-    """The recording's audio; supports HTTP Range (seeking) and ?download=1.
-
-    Collectors: only recordings of their own accounts' calls (404 otherwise)."""
-    return await audio_response(request, user)
-
-
-async def audio_response(request: Request, user: Principal) -> Response:
-    """GET /api/recordings/{recording_id}/audio for `user` (the pages' player uses it too)."""
-    rid = int_id(request, "recording_id")
-    params = query(request, ("download",))
-    if params.get("download", "1") not in ("0", "1"):
-        raise HTTPException(422, "download must be 0 or 1")
-    download = params.get("download") == "1"
-    args = (*file_access(request, user), rid)
-    info, audio, size = await run_in_threadpool(open_audio, *args, request, download)
-    headers = {
-        "Accept-Ranges": "bytes",
-        "Cache-Control": "private, no-store",
-        "X-Content-Type-Options": "nosniff",
-    }
-    if info.sha256:  # a finalised file never changes: its hash is a strong validator
-        headers["ETag"] = f'"{info.sha256}"'
-        digest = base64.b64encode(bytes.fromhex(info.sha256)).decode()
-        headers["Repr-Digest"] = f"sha-256=:{digest}:"
-    name = f"recording-{rid}.{info.format}"
-    headers["Content-Disposition"] = f'{"attachment" if download else "inline"}; filename="{name}"'
-    try:
-        span = _wanted_range(request, info, size)
-    except _Unsatisfiable:
-        audio.close()
-        headers["Content-Range"] = f"bytes */{size}"
-        return Response(status_code=416, headers=headers)
-    first, last = span if span is not None else (0, size - 1)
-    headers["Content-Length"] = str(last - first + 1)
-    status = 200
-    if span is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    media = MEDIA_TYPES.get(info.format, "application/octet-stream")
-    if request.method == "HEAD":
-        audio.close()
-        return Response(status_code=status, headers=headers, media_type=media)
-    return StreamingResponse(
-        _stream(audio, first, last), status_code=status, headers=headers, media_type=media
-    )
-
-
-def _wanted_range(request: Request, info: RecordingInfo, size: int) -> tuple[int, int] | None:
-    if_range = request.headers.get("if-range")
-    if if_range is not None and if_range.strip() != f'"{info.sha256}"':
-        return None  # the client's copy is another file: send it whole
-    return parse_range(request.headers.get("range"), size)
-
-
-def open_audio(
-    sessions: sessionmaker[Session],
-    root: Path,
-    user: Principal,
-    addr: str | None,
-    rid: int,
-    request: Request,
-    download: bool,
-) -> tuple[RecordingInfo, BinaryIO, int]:
-    info = visible(sessions, user, addr, rid)
-    action = "recording.download" if download else "recording.play"
-    detail: dict[str, Any] = {"account": info.account_number, "call_id": info.call_id}
-    if request.headers.get("range"):
-        detail["range"] = request.headers["range"][:100]
-    _refuse_without_audio(sessions, user, addr, info)
-    with sessions() as session:
-        rel = session.scalar(select(Recording.path).where(Recording.id == rid)) or ""
-    try:
-        # A file object, not a bare descriptor: closed even if the response is never sent.
-        audio = os.fdopen(open_for_reading(path_for(rel, root)), "rb", buffering=0)
-    except (UnsafePath, OSError):
-        deny(sessions, user, addr, "recording", rid, "audio file missing", status=404)
-        raise HTTPException(404, f"recording {rid}: audio file missing (run verify)") from None
-    try:
-        size = os.fstat(audio.fileno()).st_size
-        # Audited before a byte is sent; if this fails, nothing is.
-        audit.record(sessions, user, addr, action, "recording", rid, detail)
-    except BaseException:
-        audio.close()
-        raise
-    return info, audio, size
-
-
-async def _stream(audio: BinaryIO, first: int, last: int) -> AsyncIterator[bytes]:
-    try:
-        offset = first
-        while offset <= last:
-            size = min(CHUNK, last - offset + 1)
-            chunk = await anyio.to_thread.run_sync(os.pread, audio.fileno(), size, offset)
-            if not chunk:
-                break  # the file shrank: never happens to a finalised recording
-            offset += len(chunk)
-            yield chunk
-    finally:
-        audio.close()
 
 
 ROUTES = [

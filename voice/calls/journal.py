@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accounts import attempts
 from accounts.outcomes import Marking, mark_outcome
-from accounts.retry import retry_db
+from accounts.retry import DB_TRIES, retry_db
 from accounts.services import CallJournal
 from accounts.views import AccountSummary
 from accounts.write_behind import WriteBehind
@@ -34,7 +34,8 @@ from voice.asr.live import Segment
 log = logging.getLogger(__name__)
 
 EVENT_TRIES = 3  # a call event: ~0.75 s of retries, then it is skipped (the call goes on)
-NOTE_TRIES = 8  # the closing note: ~20 s of retries (start-up repair closes what is left)
+# The call's own rows (start, closing note, finish, transcript) take DB_TRIES, ~20 s of
+# retries (accounts/retry.py); start-up repair closes what is left.
 TRANSCRIPT_WAIT = 60.0  # seconds the last utterances may take to be stored after hang-up
 # A read that needs the call's earlier writes in (the note, before its recording lines; the
 # account, before an outcome) waits this long for the write-behind, then goes ahead.
@@ -78,7 +79,7 @@ class CallLog:
     ) -> int:
         """The call's row (direction, caller, callee): its id. Retried longest, then raised."""
         return await retry_db(
-            NOTE_TRIES, journal.start_call, sip_call_id=sip_call_id, worker=worker, **parties
+            DB_TRIES, journal.start_call, sip_call_id=sip_call_id, worker=worker, **parties
         )
 
     # -- the IVR's Journal --------------------------------------------------------------------
@@ -101,7 +102,7 @@ class CallLog:
                 call_id, status=status, end_reason=end_reason, summary=summary
             )
 
-        await self._write("note", NOTE_TRIES, finish_call)
+        await self._write("note", DB_TRIES, finish_call)
 
     # -- the rest of a call's writes ----------------------------------------------------------
 
@@ -125,7 +126,7 @@ class CallLog:
         """A note besides the closing one (a voicemail's): its id. Retried longest, then raised."""
         await self.flushed()
         return await retry_db(
-            NOTE_TRIES,
+            DB_TRIES,
             self._journal.add_note,
             self.call_id,
             account_id,
@@ -158,9 +159,7 @@ class CallLog:
         }
         if not self._behind("finish_call", **closing):
             try:
-                await retry_db(
-                    NOTE_TRIES, lambda: self._journal.finish_call(self.call_id, **closing)
-                )
+                await retry_db(DB_TRIES, lambda: self._journal.finish_call(self.call_id, **closing))
             except (OperationalError, DBAPIError) as exc:
                 log.error("call %d: note not written: %s", self.call_id, exc)
         await self.annotate()
@@ -199,14 +198,14 @@ class CallLog:
         if pending:
             await asyncio.wait(pending, timeout=TRANSCRIPT_WAIT)
         try:
-            await retry_db(NOTE_TRIES, self._journal.transcript_ready, self.call_id)
+            await retry_db(DB_TRIES, self._journal.transcript_ready, self.call_id)
         except (OperationalError, DBAPIError) as exc:
             log.error("call %d: transcript delivery not queued: %s", self.call_id, exc)
 
     async def _store(self, recording_id: int | None, seg: Segment) -> None:
         try:
             await retry_db(
-                NOTE_TRIES,
+                DB_TRIES,
                 self._journal.add_transcript,
                 self.call_id,
                 recording_id=recording_id,

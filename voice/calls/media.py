@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accounts.retry import retry_db
+from accounts.retry import DB_TRIES, retry_db
 from recordings.book import RecordingBook
 from recordings.capture import WavWriter
 from voice.asr.live import CallSpeech, Segment
@@ -34,10 +34,9 @@ from voice.calls.call import SipCall
 from voice.sip.engine import SipEngine
 
 log = logging.getLogger(__name__)
-# A recording row's open, close or PCI mark, retried while the database refuses (SQLite's lock
-# held past its busy timeout on a saturated machine): not retried, 3 of 80 calls at once lost
-# their recording on this machine.
-BOOK_TRIES = 8
+# A recording row's open, close or PCI mark is retried DB_TRIES times while the database
+# refuses (SQLite's lock held past its busy timeout on a saturated machine): not retried, 3 of
+# 80 calls at once lost their recording on this machine.
 
 
 @dataclass
@@ -106,7 +105,7 @@ class Recorder:
         """`before()` (a writer's close) then the book's, counted; never raises."""
         try:
             await asyncio.to_thread(before)
-            closed = await retry_db(BOOK_TRIES, self.book.close, recording_id, call_seconds=seconds)
+            closed = await retry_db(DB_TRIES, self.book.close, recording_id, call_seconds=seconds)
         except Exception:
             log.exception("recording %d could not be finalised", recording_id)
             self.metrics["recordings_failed_total"] += 1
@@ -138,7 +137,7 @@ class CallMedia:
         """The whole call, mono, by pjsua2's recorder."""
         book, key = self.recorder.book, call.key
         try:
-            recording_id, wav = await retry_db(BOOK_TRIES, book.open, self.call_id)
+            recording_id, wav = await retry_db(DB_TRIES, book.open, self.call_id)
         except Exception:
             log.exception("call %d: recording could not be opened", self.call_id)
             return
@@ -147,7 +146,7 @@ class CallMedia:
         if not await self.engine.start_recording(key, str(wav)):
             self.recorder.open.pop(key, None)  # the call ended first
             self.recording = None
-            await retry_db(BOOK_TRIES, book.close, recording_id)
+            await retry_db(DB_TRIES, book.close, recording_id)
 
     async def listen(self, call: SipCall) -> None:
         """The caller into the recogniser and what the IVR plays as text, both timed against
@@ -187,7 +186,7 @@ class CallMedia:
     async def open_stereo(self) -> tuple[int | None, WavWriter | None]:
         try:
             recording_id, wav = await retry_db(
-                BOOK_TRIES, self.recorder.book.open, self.call_id, kind="call", channels=2
+                DB_TRIES, self.recorder.book.open, self.call_id, kind="call", channels=2
             )
             return recording_id, WavWriter(wav, 2, frame_bytes=FRAME_BYTES)
         except Exception:
@@ -215,14 +214,14 @@ class CallMedia:
 
     async def open_voicemail(self, max_seconds: float) -> tuple[int, WavWriter]:
         recording_id, wav = await retry_db(
-            BOOK_TRIES, self.recorder.book.open, self.call_id, kind="voicemail", channels=1
+            DB_TRIES, self.recorder.book.open, self.call_id, kind="voicemail", channels=1
         )
         return recording_id, WavWriter(wav, 1, frame_bytes=FRAME_BYTES, max_seconds=max_seconds)
 
     async def close_recording(self, recording_id: int, seconds: float | None = None) -> Any:
         """The book's close (a voicemail kept, or one discarded): the closed recording."""
         return await retry_db(
-            BOOK_TRIES, self.recorder.book.close, recording_id, call_seconds=seconds
+            DB_TRIES, self.recorder.book.close, recording_id, call_seconds=seconds
         )
 
     def caller_segments(self) -> list[Segment] | None:
@@ -250,6 +249,6 @@ class CallMedia:
                 gaps.append((bridge.recording_id, time.monotonic() - bridge.started))
         for recording_id, at in gaps:
             await retry_db(
-                BOOK_TRIES, self.recorder.book.mark_pause, recording_id, round(at, 2), paused
+                DB_TRIES, self.recorder.book.mark_pause, recording_id, round(at, 2), paused
             )
         return round(gaps[0][1], 2) if gaps else None

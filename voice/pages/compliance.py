@@ -1,8 +1,9 @@
 """Pages for compliance staff: find a recording, play it with its transcript, verify, hold, audit.
 
-Every access goes through the recordings and audit API's own functions (voice/api/recordings.py,
-recording_keep.py, audit.py): the same access rule (`visible`: collectors only their accounts'
-recordings, others 404), the same audit row written before anything is sent, the same query.
+Every access goes through the recordings and audit API's own functions (voice/api/:
+recording_access.py, recordings.py, recording_keep.py, audit.py): the same access rule
+(`visible`: collectors only their accounts' recordings, others 404), the same audit row written
+before anything is sent, the same query.
 The player's audio is the API's Range endpoint behind the page session (voice/pages/audio.py).
 """
 
@@ -28,12 +29,11 @@ from voice.api import dialout
 from voice.api.audit import AUDIT_PARAMS, filters_from
 from voice.api.audit import read_for as read_audit
 from voice.api.auth import client_addr, config_of, sessions_of
+from voice.api.recording_access import READERS, file_access
 from voice.api.recording_keep import KEEPERS, check_reason, hold_for, verify_for
 from voice.api.recordings import (
-    READERS,
     SEARCH_PARAMS,
     export_for,
-    file_access,
     filter_from,
     peaks_for,
     read_for,
