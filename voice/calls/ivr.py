@@ -2,7 +2,7 @@
 
 The flow itself is the pure script voice/ivr/inbound.py (`InboundFlow`); this gives it a real
 call (voice/calls/call.py), the ledger, the call's `CallLog`, right-party verification, promises
-to pay, and agent transfer (voice/routing/transfer.py over voice/calls/line.py). It runs the
+to pay, and agent transfer (voice/ivr/transfer.py over voice/calls/line.py). It runs the
 same for a caller who called us and for a call the worker placed (`dial`: direction outbound).
 """
 
@@ -25,7 +25,7 @@ from voice.calls.kit import AsyncLedger, CallKit
 from voice.calls.media import CallMedia
 from voice.calls.session import CallSession, CallTable
 from voice.ivr.inbound import InboundFlow
-from voice.routing.transfer import AgentTransfer
+from voice.ivr.transfer import AgentTransfer
 
 log = logging.getLogger(__name__)
 
