@@ -70,8 +70,8 @@ class IvrCalls:
                 kit.cfg.ivr,
                 agent=self._transfer(call, journal, media),
                 direction="outbound" if outbound else "inbound",
-                verifier=self._verifier(call.callee if outbound else call.caller, journal.call_id),
-                promises=CallPromises(kit.sessions, journal.call_id),
+                verifier=self._verifier(call.callee if outbound else call.caller, journal),
+                promises=CallPromises(kit.sessions, journal),
             )
             await flow.run()
             await journal.annotate()
@@ -83,12 +83,12 @@ class IvrCalls:
             if media is not None and await media.stop_listening() and session.log is not None:
                 await session.log.transcript_done()
 
-    def _verifier(self, customer: str | None, call_id: int) -> CallVerifier | None:
+    def _verifier(self, customer: str | None, journal: CallLog) -> CallVerifier | None:
         cfg = self.kit.cfg
         if cfg.ivr.verify == "none":
             return None
         return CallVerifier(
-            self.verifications, cfg.ivr.verify, customer, call_id, cfg.accounts.default_region
+            self.verifications, cfg.ivr.verify, customer, journal, cfg.accounts.default_region
         )
 
     def _transfer(self, call: Any, journal: CallLog, media: CallMedia) -> AgentTransfer:
