@@ -18,10 +18,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import logging
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
@@ -29,12 +29,10 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from accounts import audit
 from accounts.models import Base, UtcDateTime, utcnow
 from accounts.phones import InvalidPhone, normalize
-from accounts.retry import DB_ERRORS, retry_db
-
-log = logging.getLogger(__name__)
+from accounts.retry import retry_db
 
 KINDS = ("postal_code", "date_of_birth")
-READ_TRIES, WRITE_TRIES = 3, 8  # a read blocks the caller; a lost write weakens the lock-out
+READ_TRIES = 3  # a read blocks the caller (the attempt's write: voice/calls/journal.py)
 WITHHELD = "withheld"  # the caller key of every call without a usable caller ID: one bucket
 # scrypt at 2 MiB: measured 6-12 ms a value here (one core, idle to loaded), so trying every
 # ZIP code of one account offline costs ~10-20 core-minutes, per account and salt; cheap for one
@@ -170,6 +168,32 @@ def set_value(session: Session, account_id: int, kind: str, value: str) -> None:
     session.add(AccountVerifier(account_id=account_id, kind=kind, digest=digest(value)))
 
 
+def record_attempt(
+    session: Session,
+    caller: str,
+    account_id: int,
+    call_id: int | None,
+    kind: str,
+    ok: bool,
+    try_no: int,
+) -> None:
+    """Journal one attempt in `session`; a failed one is also an audit row (who tried which
+    account). A call writes it through its CallLog (voice/calls/journal.py), at once."""
+    session.add(
+        VerificationAttempt(caller=caller, account_id=account_id, call_id=call_id, kind=kind, ok=ok)
+    )
+    if not ok:
+        audit.record(
+            session,
+            audit.SystemActor("ivr"),
+            None,
+            "verify.failed",
+            "account",
+            account_id,
+            {"caller": caller, "call_id": call_id, "kind": kind, "try": try_no},
+        )
+
+
 # -- the service the IVR uses --------------------------------------------------------------
 
 
@@ -180,7 +204,8 @@ class Lockout:
 
 
 class Verifications:
-    """Checks and journals attempts; synchronous (the IVR's adapter runs it off the loop)."""
+    """Checks values and counts the lock-out; synchronous (the IVR's adapter runs it off the
+    loop). The attempts it counts are written by `record_attempt`."""
 
     def __init__(self, sessions: sessionmaker[Session], lockout: Lockout) -> None:
         self._sessions = sessions
@@ -225,27 +250,6 @@ class Verifications:
             return None
         return failed[-self._lockout.failures] + self._lockout.window
 
-    def record(
-        self, caller: str, account_id: int, call_id: int | None, kind: str, ok: bool, tries: int
-    ) -> None:
-        """Journal one attempt; a failed one is also an audit row (who tried which account)."""
-        with self._sessions.begin() as session:
-            session.add(
-                VerificationAttempt(
-                    caller=caller, account_id=account_id, call_id=call_id, kind=kind, ok=ok
-                )
-            )
-            if not ok:
-                audit.record(
-                    session,
-                    audit.SystemActor("ivr"),
-                    None,
-                    "verify.failed",
-                    "account",
-                    account_id,
-                    {"caller": caller, "call_id": call_id, "kind": kind, "try": tries},
-                )
-
     @staticmethod
     def _digest(session: Session, account_id: int, kind: str) -> str | None:
         return session.scalar(
@@ -255,12 +259,23 @@ class Verifications:
         )
 
 
+class AttemptLog(Protocol):
+    """Where a call's attempts are written: its CallLog (voice/calls/journal.py), which owns
+    every write a call makes, with their retries (named by shape: accounts/ imports no voice
+    module)."""
+
+    async def verification_attempt(
+        self, caller: str, account_id: int, kind: str, ok: bool, try_no: int
+    ) -> None: ...
+
+
 class CallVerifier:
     """The IVR's `Verifier` (voice/ivr/verify.py) for one call: the configured kind, the
-    caller's lock-out bucket, the database off the event loop and retried."""
+    caller's lock-out bucket, the database off the event loop and retried, each attempt
+    written through the call's log."""
 
     def __init__(
-        self, service: Verifications, kind: str, caller: str | None, call_id: int | None,
+        self, service: Verifications, kind: str, caller: str | None, journal: AttemptLog,
         region: str = "US",
     ) -> None:  # fmt: skip
         if kind not in KINDS:
@@ -274,7 +289,7 @@ class CallVerifier:
             self.prompt, self.max_digits = "verify_postal_code", 10
         self._service = service
         self._caller = caller_key(caller, region)
-        self._call_id = call_id
+        self._journal = journal
 
     def plausible(self, keyed: str) -> bool:
         """Could `keyed` be a value of this kind at all? Only those count toward a lock-out."""
@@ -291,12 +306,8 @@ class CallVerifier:
         if not self.plausible(keyed):
             return False  # a wrong try, but no guess at a value (a menu key typed ahead)
         ok = await retry_db(READ_TRIES, self._service.check, account_id, self.kind, keyed)
-        try:
-            await retry_db(
-                WRITE_TRIES, self._service.record,
-                self._caller, account_id, self._call_id, self.kind, ok, tries,
-            )  # fmt: skip
-        except DB_ERRORS as exc:
-            # The caller's answer stands; only the lock-out count misses this one.
-            log.error("call %s: verification attempt not journaled: %s", self._call_id, exc)
+        # In the database before the caller hears the answer (the journal writes it at once): the
+        # lock-out check of their next call must count it. A write that still fails is logged
+        # there and the answer stands; only the lock-out count misses this one.
+        await self._journal.verification_attempt(self._caller, account_id, self.kind, ok, tries)
         return ok

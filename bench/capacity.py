@@ -538,7 +538,8 @@ def _exits(before: Pids, after: Pids | None) -> int:
 @contextlib.contextmanager
 def reference_uas(workdir: Path, budget_s: float) -> Iterator[tuple[int, int]]:
     """sipp's UAS behind a Kamailio with the product's config; yields (SIP port, UAS pid)."""
-    from voice.routing.kamailio import Kamailio, WorkerAddress
+    from voice.routing.kamailio import Kamailio
+    from voice.routing.kamailio_config import WorkerAddress
 
     workdir.mkdir(parents=True)
     (workdir / "bench_silence.ul").write_bytes(b"\xff" * 8000)  # 1 s of mu-law silence

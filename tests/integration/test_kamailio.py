@@ -32,7 +32,9 @@ from accounts.db import create_schema, make_engine, make_sessions
 from tests.integration.conftest import free_port, require_sipp
 from voice.config import Config, from_mapping
 from voice.routing import kamailio as kam
-from voice.routing.kamailio import Kamailio, WorkerAddress
+from voice.routing import kamailio_config
+from voice.routing.kamailio import Kamailio
+from voice.routing.kamailio_config import WorkerAddress
 from voice.routing.softphones import Softphones
 
 SIPP_DIR = Path(__file__).resolve().parents[1] / "sipp"
@@ -458,7 +460,7 @@ async def test_a_killed_worker_is_skipped_within_fail_over_ms(lab: Lab) -> None:
 async def test_a_dead_worker_comes_back_when_its_probe_answers(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kam, "PROBE_INTERVAL_S", 1)
+    monkeypatch.setattr(kamailio_config, "PROBE_INTERVAL_S", 1)
     w0, w1 = worker("w0"), worker("w1")
     await lab.sipp_uas(w1.port)
     front = await lab.front([w0, w1])  # nothing listens on w0 yet

@@ -12,9 +12,9 @@ import pytest
 from accounts.reach import Agent
 from voice.calls import collector
 from voice.calls.collector import Dialling
+from voice.calls.outbound import SoftphoneCall
 from voice.ivr.call import HangUp
-from voice.routing.outbound import SoftphoneCall
-from voice.routing.transfer import Ring
+from voice.ivr.transfer import Ring
 
 REALM = "voice.test"
 DIALLING = Dialling(REALM, customer_ring_timeout=30.0)

@@ -6,7 +6,7 @@ on real SQLite and real PostgreSQL: exactly one reaches the fleet, 19 are refuse
 rule. The fleet is a stand-in that journals the call the way the worker does (the call row on
 the account, attached to its reservation), because the property is about the database: the
 dials it counts are what a real fleet would place. Softphone calls (the worker's check,
-voice/routing/outbound.py) take the same reservation, so they race the API fairly.
+voice/calls/outbound.py) take the same reservation, so they race the API fairly.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import uvicorn
 from sqlalchemy import select
 
 from accounts.attempts import attach
+from accounts.guardrails import Guardrails, Refusal
 from accounts.models import Account, Call, Collector, OutboundAttempt, Softphone
 from accounts.services import CallJournal
 from tests.unit.apiworld import World, dana_dialable, make_world
+from voice.calls import outbound
 from voice.config import from_mapping
-from voice.routing import outbound
-from voice.routing.guardrails import Guardrails, Refusal
 
 NEW_YORK = ZoneInfo("America/New_York")
 NOW = dt.datetime(2026, 11, 4, 10, 0, tzinfo=NEW_YORK)

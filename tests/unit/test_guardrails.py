@@ -16,11 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.audit import entries
 from accounts.db import create_schema, make_engine, make_sessions
-from accounts.models import CALLS_BY_ACCOUNT, Account, Call, CallOutcome, Customer
-from accounts.outcomes import Marking, mark_outcome
-from accounts.services import UnknownAccount
-from voice.config import ConfigError, GuardrailsConfig, from_mapping
-from voice.routing.guardrails import (
+from accounts.guardrails import (
     REFUSED,
     Guardrails,
     Refusal,
@@ -28,6 +24,10 @@ from voice.routing.guardrails import (
     destination_allowed,
     record_refusal,
 )
+from accounts.models import CALLS_BY_ACCOUNT, Account, Call, CallOutcome, Customer
+from accounts.outcomes import Marking, mark_outcome
+from accounts.services import UnknownAccount
+from voice.config import ConfigError, GuardrailsConfig, from_mapping
 
 CHICAGO = ZoneInfo("America/Chicago")
 TO = "+13125550100"
@@ -406,7 +406,7 @@ def test_refusals_are_logged_and_can_be_audited(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock.at(2026, 11, 3, 22, 0)
-    with caplog.at_level(logging.INFO, logger="voice.routing.guardrails"):
+    with caplog.at_level(logging.INFO, logger="accounts.guardrails"):
         refusal = _guard(sessions, clock).check(account_id, TO)
     assert refusal is not None
     assert f"outbound call to '{TO}' for account id {account_id} refused (calling_hours)" in (

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from voice.config import Config, from_mapping
-from voice.routing.kamailio import (
+from voice.routing.kamailio_config import (
     TEMPLATE,
     WorkerAddress,
     local_address,

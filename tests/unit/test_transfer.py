@@ -16,17 +16,17 @@ from accounts.models import Collector, Softphone
 from accounts.reach import Agent, agents_for
 from accounts.views import AccountSummary
 from recordings.capture import WavWriter, read_growing_wav
+from voice.calls.outbound import caller_id_headers, status_of
 from voice.config import AgentsConfig
 from voice.ivr.call import HangUp
-from voice.routing.outbound import caller_id_headers, status_of
-from voice.routing.transfer import (
+from voice.ivr.transfer import (
     AgentTransfer,
     Connected,
     Ring,
     Voicemail,
     ring_outcome,
 )
-from voice.routing.voicemail import record_message
+from voice.ivr.voicemail import record_message
 from voice.sip.uri import header, reason_header, request_user, softphone_of
 
 ACCOUNT = AccountSummary(1, "10042", "Northwind Traders", "USD", 7)

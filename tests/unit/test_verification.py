@@ -3,15 +3,20 @@ new optional columns."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.importer import CsvImportError, import_csv
-from accounts.models import Account, AuditEntry
+from accounts.models import Account, AuditEntry, CallOutcome
 from accounts.promises import CallPromises
 from accounts.services import CallJournal
 from accounts.verification import (
@@ -28,7 +33,11 @@ from accounts.verification import (
     keyed_value,
     matches,
     postal_code_on_file,
+    record_attempt,
 )
+from accounts.write_behind import WriteBehind
+from voice.calls import journal
+from voice.calls.journal import CallLog
 
 ACCOUNTS = """\
 account_number,customer_name,postal_code,date_of_birth
@@ -56,6 +65,24 @@ def accounts(sessions: sessionmaker[Session], tmp_path: Path) -> dict[str, int]:
 
 def service(sessions: sessionmaker[Session], failures: int = 5) -> Verifications:
     return Verifications(sessions, Lockout(failures, HOUR))
+
+
+def record(sessions: sessionmaker[Session], *attempt: Any) -> None:
+    with sessions.begin() as session:
+        record_attempt(session, *attempt)
+
+
+def new_call(sessions: sessionmaker[Session], sip: str, caller: str | None = CALLER) -> int:
+    return CallJournal(sessions).start_call(
+        direction="inbound", caller=caller, callee="ivr", worker="w0", sip_call_id=sip
+    )
+
+
+def call_log(
+    sessions: sessionmaker[Session], call_id: int, writes: WriteBehind | None = None
+) -> CallLog:
+    """The call's log as the worker builds it (voice/calls/kit.py), on the real database."""
+    return CallLog(CallJournal(sessions), call_id, sessions=sessions, writes=writes)
 
 
 def test_values_are_stored_hashed_and_check(
@@ -117,10 +144,10 @@ def test_lockout_after_five_failed_calls_from_one_number(
                                 sip_call_id=f"c{i}") for i in range(7)]  # fmt: skip
     for call in calls[:4]:  # four calls each with three wrong tries
         for attempt in (1, 2, 3):
-            v.record(CALLER, account, call, "postal_code", False, attempt)
+            record(sessions, CALLER, account, call, "postal_code", False, attempt)
     now = dt.datetime.now(dt.UTC)
     assert v.locked_until(CALLER, account, now) is None
-    v.record(CALLER, account, calls[4], "postal_code", False, 1)  # and a hang-up after one
+    record(sessions, CALLER, account, calls[4], "postal_code", False, 1)  # and a hang-up after one
     now = dt.datetime.now(dt.UTC)
     until = v.locked_until(CALLER, account, now)
     assert until is not None and now < until <= now + HOUR
@@ -144,8 +171,8 @@ def test_a_call_that_verified_in_the_end_is_no_failure(
     call = CallJournal(sessions).start_call(
         direction="inbound", caller=CALLER, callee="ivr", worker="w0", sip_call_id="x"
     )
-    v.record(CALLER, account, call, "postal_code", False, 1)
-    v.record(CALLER, account, call, "postal_code", True, 2)
+    record(sessions, CALLER, account, call, "postal_code", False, 1)
+    record(sessions, CALLER, account, call, "postal_code", True, 2)
     assert v.locked_until(CALLER, account) is None
     with sessions() as session:
         assert len(session.scalars(select(VerificationAttempt)).all()) == 2
@@ -154,10 +181,8 @@ def test_a_call_that_verified_in_the_end_is_no_failure(
 async def test_call_verifier_over_the_database(
     sessions: sessionmaker[Session], accounts: dict[str, int]
 ) -> None:
-    call = CallJournal(sessions).start_call(
-        direction="inbound", caller=None, callee="ivr", worker="w0", sip_call_id="y"
-    )
-    verifier = CallVerifier(service(sessions), "postal_code", None, call)
+    call = new_call(sessions, "y", caller=None)
+    verifier = CallVerifier(service(sessions), "postal_code", None, call_log(sessions, call))
     assert (verifier.prompt, verifier.max_digits) == ("verify_zip_code", 5)
     assert await verifier.on_file(accounts["A-100"])
     assert not await verifier.attempt(accounts["A-100"], "99999", 1)
@@ -175,12 +200,10 @@ async def test_call_promises_store_a_promise_to_pay_outcome(
         direction="inbound", caller=CALLER, callee="ivr", worker="w0", sip_call_id="z"
     )
     journal.set_account(call, accounts["A-100"])
-    promises = CallPromises(sessions, call)
+    promises = CallPromises(sessions, call_log(sessions, call))
     today = await promises.today()
     assert await promises.store(50000, today + dt.timedelta(days=7))
     assert not await promises.store(50000, today - dt.timedelta(days=3))  # refused, logged
-    from accounts.models import CallOutcome
-
     with sessions() as session:
         [outcome] = session.scalars(select(CallOutcome)).all()
     assert (outcome.kind, outcome.amount_cents, outcome.user) == ("promise_to_pay", 50000, "ivr")
@@ -211,8 +234,108 @@ def test_value_helpers() -> None:
 async def test_implausible_keys_are_a_wrong_try_but_no_guess(
     sessions: sessionmaker[Session], accounts: dict[str, int]
 ) -> None:
-    verifier = CallVerifier(service(sessions), "postal_code", CALLER, None)
+    log = call_log(sessions, new_call(sessions, "i"))
+    verifier = CallVerifier(service(sessions), "postal_code", CALLER, log)
     assert not await verifier.attempt(accounts["A-100"], "1", 1)  # a menu key typed ahead
     assert not await verifier.attempt(accounts["A-100"], "100011", 2)
     with sessions() as session:
         assert session.scalars(select(VerificationAttempt)).all() == []
+
+
+# -- the writes go through the call's CallLog (voice/calls/journal.py) ------------------------
+
+
+def attempts(sessions: sessionmaker[Session], call_id: int) -> list[tuple[str, bool]]:
+    with sessions() as session:
+        rows = session.execute(
+            select(VerificationAttempt.caller, VerificationAttempt.ok)
+            .where(VerificationAttempt.call_id == call_id)
+            .order_by(VerificationAttempt.id)
+        ).all()
+    return [(caller, ok) for caller, ok in rows]
+
+
+async def test_a_try_counts_for_the_next_lockout_check_though_the_call_writes_behind(
+    sessions: sessionmaker[Session], accounts: dict[str, int], tmp_path: Path
+) -> None:
+    # The worker's write-behind is not running: whatever is handed to it stays queued. The
+    # try must be in the database anyway when the caller hears the answer, or a caller could
+    # redial (to this worker or another) before the lock-out sees it.
+    writes = WriteBehind(sessions, tmp_path / "spool" / "w0.jsonl")
+    v, account = service(sessions, failures=1), accounts["A-100"]
+    call = new_call(sessions, "behind")
+    log = call_log(sessions, call, writes)
+    verifier = CallVerifier(v, "postal_code", CALLER, log)
+    await log.event("verify", {"result": "wrong"})  # an event: queued behind the call
+    assert not await verifier.attempt(account, "99999", 1)
+    assert writes.pending == 1  # the event still waits, the try does not
+    assert attempts(sessions, call) == [(CALLER, False)]
+    assert v.locked_until(CALLER, account) is not None
+    assert await verifier.locked_until(account) is not None
+    with sessions() as session:
+        audited = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "verify.failed")
+        ).all()
+    assert [a.detail["call_id"] for a in audited] == [call]
+
+
+async def test_a_refused_try_is_retried_and_one_never_written_leaves_the_answer(
+    sessions: sessionmaker[Session],
+    accounts: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refusals = {"left": 2}
+
+    def locked_twice(session: Session, *attempt: Any) -> None:
+        if refusals["left"]:
+            refusals["left"] -= 1
+            raise OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+        record_attempt(session, *attempt)
+
+    monkeypatch.setattr(journal.verification, "record_attempt", locked_twice)
+    call = new_call(sessions, "retried")
+    verifier = CallVerifier(service(sessions), "postal_code", CALLER, call_log(sessions, call))
+    assert await verifier.attempt(accounts["A-100"], "10001", 1)
+    assert refusals["left"] == 0 and attempts(sessions, call) == [(CALLER, True)]
+    # Refused every time: logged, and the caller still hears that the value was right.
+    refusals["left"] = journal.NOTE_TRIES
+    monkeypatch.setattr("accounts.retry.asyncio.sleep", _instant)
+    assert await verifier.attempt(accounts["A-100"], "10001", 2)
+    assert attempts(sessions, call) == [(CALLER, True)]
+    assert "verification attempt not journaled" in caplog.text
+
+
+async def _instant(_seconds: float) -> None:
+    return None
+
+
+async def test_a_promise_waits_for_the_account_the_call_set_behind(
+    sessions: sessionmaker[Session], accounts: dict[str, int], tmp_path: Path
+) -> None:
+    # The IVR identified the account: `set_account` is queued behind the call, and the writer
+    # only gets to it later. The promise (an outcome on the call's account) must wait for it,
+    # not be refused as a call without an account.
+    writes = WriteBehind(sessions, tmp_path / "spool" / "w0.jsonl")
+    call = new_call(sessions, "promise")
+    log = call_log(sessions, call, writes)
+    await log.set_account(accounts["A-100"])
+    assert writes.pending == 1
+
+    async def write_late() -> None:
+        await asyncio.sleep(0.3)
+        await writes.run()
+
+    writer = asyncio.create_task(write_late())
+    try:
+        promises = CallPromises(sessions, log)
+        today = await promises.today()
+        assert writes.pending == 0
+        assert await promises.store(12345, today + dt.timedelta(days=3))
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    with sessions() as session:
+        [outcome] = session.scalars(select(CallOutcome)).all()
+    assert (outcome.call_id, outcome.kind, outcome.amount_cents) == (call, "promise_to_pay", 12345)

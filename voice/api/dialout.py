@@ -5,7 +5,7 @@ first (their softphone, else their configured SIP URI: accounts/reach.py `route_
 the same rule agent transfer uses); when they answer, a worker dials the
 customer through the trunk with the configured caller ID and bridges the two. The number must
 be one of the account's contacts (the API never dials a number typed in freely), and the
-outbound guardrails (voice/routing/guardrails.py) must allow the call now: a refusal answers
+outbound guardrails (accounts/guardrails.py) must allow the call now: a refusal answers
 409 (not now) or 403 (never to this number) with the rule, the reason and when calling becomes
 allowed, and is audited as `call.refused`.
 
@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts import attempts, audit
+from accounts.guardrails import Guardrails, Refusal, record_refusal
 from accounts.models import Account, Call, CallEvent, Contact
 from accounts.phones import InvalidPhone, normalize
 from accounts.reach import collector_route
@@ -49,7 +50,6 @@ from voice.api.openapi import documented, error_responses, id_param, json_body
 from voice.api.params import int_id, read_json
 from voice.config import Config
 from voice.fleet import uses_kamailio
-from voice.routing.guardrails import Guardrails, Refusal, record_refusal
 
 DIALERS = ("collector",)  # the phone that rings first is the requester's own
 PLACED = "call.place"  # audit action of an accepted request

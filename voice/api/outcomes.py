@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts import audit
+from accounts.guardrails import Guardrails
 from accounts.models import OUTCOME_KINDS, Account, Call, CallOutcome
 from accounts.outcomes import (
     MAX_TEXT,
@@ -43,7 +44,6 @@ from voice.api.auth import (
 from voice.api.notes import visible_account
 from voice.api.openapi import documented, error_responses, id_param, json_body, query_param
 from voice.api.params import account_number, int_id, int_query, query, read_json
-from voice.routing.guardrails import Guardrails
 
 CALLERS = ("collector", "supervisor", "admin")  # who places calls and marks them
 _FIELDS = ("kind", "amount_cents", "date", "text")

@@ -4,7 +4,7 @@ Both end the same way (`connect_customer`): the customer is dialled through Kama
 (`sip:+1...@<realm>`, which Kamailio sends to `kamailio.gateway`, the trunk) presenting the
 caller ID in From and P-Asserted-Identity while the collector hears ringback, then customer
 and collector are bridged and recorded on two channels. Each is one outbound `calls` row on
-the account; its events (voice/routing/outbound.py `STATUS_EVENTS`) tell how it stands, and
+the account; its events (voice/calls/outbound.py `STATUS_EVENTS`) tell how it stands, and
 its note, by the collector, says how it ended.
 
     click_to_call:  collector_ringing -> collector_answered | collector_no_answer | _busy ...
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from accounts.reach import Agent
+from voice.calls.outbound import SoftphoneCall, caller_id_headers, sip_uri
 from voice.ivr import tones
 from voice.ivr.call import HangUp
-from voice.routing.outbound import SoftphoneCall, caller_id_headers, sip_uri
-from voice.routing.transfer import Ring, ring_outcome
+from voice.ivr.transfer import Ring, ring_outcome
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The flow itself is the pure script voice/ivr/inbound.py (`InboundFlow`); this gives it a real
 call (voice/calls/call.py), the ledger, the call's `CallLog`, right-party verification, promises
-to pay, and agent transfer (voice/routing/transfer.py over voice/calls/line.py). It runs the
+to pay, and agent transfer (voice/ivr/transfer.py over voice/calls/line.py). It runs the
 same for a caller who called us and for a call the worker placed (`dial`: direction outbound).
 """
 
@@ -25,7 +25,7 @@ from voice.calls.kit import AsyncLedger, CallKit
 from voice.calls.media import CallMedia
 from voice.calls.session import CallSession, CallTable
 from voice.ivr.inbound import InboundFlow
-from voice.routing.transfer import AgentTransfer
+from voice.ivr.transfer import AgentTransfer
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class IvrCalls:
                 kit.cfg.ivr,
                 agent=self._transfer(call, journal, media),
                 direction="outbound" if outbound else "inbound",
-                verifier=self._verifier(call.callee if outbound else call.caller, journal.call_id),
-                promises=CallPromises(kit.sessions, journal.call_id),
+                verifier=self._verifier(call.callee if outbound else call.caller, journal),
+                promises=CallPromises(kit.sessions, journal),
             )
             await flow.run()
             await journal.annotate()
@@ -83,12 +83,12 @@ class IvrCalls:
             if media is not None and await media.stop_listening() and session.log is not None:
                 await session.log.transcript_done()
 
-    def _verifier(self, customer: str | None, call_id: int) -> CallVerifier | None:
+    def _verifier(self, customer: str | None, journal: CallLog) -> CallVerifier | None:
         cfg = self.kit.cfg
         if cfg.ivr.verify == "none":
             return None
         return CallVerifier(
-            self.verifications, cfg.ivr.verify, customer, call_id, cfg.accounts.default_region
+            self.verifications, cfg.ivr.verify, customer, journal, cfg.accounts.default_region
         )
 
     def _transfer(self, call: Any, journal: CallLog, media: CallMedia) -> AgentTransfer:

@@ -2,8 +2,9 @@
 
 The call's row (`start`), its answer time, its account (found by the IVR, or the attempt the
 guardrails reserved), its progress events, notes (a voicemail's), outcome codes keyed by the
-collector, the transcript's utterances as they end, and the closing note with its recording
-lines, after which the CRM is owed the transcript.
+collector or a caller's promise to pay, right-party verification tries, the transcript's
+utterances as they end, and the closing note with its recording lines, after which the CRM is
+owed the transcript.
 
 Bookkeeping must never end a customer's call: a write that fails (SQLite's lock held past
 its busy timeout on a saturated machine, a database restart) is retried with back-off
@@ -22,9 +23,9 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from accounts import attempts
+from accounts import attempts, verification
 from accounts.outcomes import Marking, mark_outcome
-from accounts.retry import DB_TRIES, retry_db
+from accounts.retry import DB_ERRORS, DB_TRIES, retry_db
 from accounts.services import CallJournal
 from accounts.views import AccountSummary
 from accounts.write_behind import WriteBehind
@@ -45,12 +46,15 @@ FLUSH_WAIT = 10.0
 class CallLog:
     """The IVR's `Journal` for one call, and every other write the call makes.
 
-    `sessions` (attempts, outcomes, notes), `book` (recording lines on the note) and `metrics`
-    are what a worker's call has; a unit test may give only the journal.
+    `sessions` (attempts, outcomes, verification tries, notes), `book` (recording lines on the
+    note) and `metrics` are what a worker's call has; a unit test may give only the journal.
 
     With `writes` (the worker's accounts/write_behind.WriteBehind) the call's events, answer
     time, account, utterances and closing note are handed over and the call goes on at once,
     whatever the database does; without it each is written here, retried (accounts/retry.py).
+    A write whose result the call needs (an outcome the rules may refuse, a verification try
+    the next lock-out check must see) is always written here, after the queue is flushed when
+    it depends on the call's earlier writes.
     """
 
     def __init__(
@@ -135,8 +139,11 @@ class CallLog:
             body=body,
         )
 
-    async def mark_outcome(self, marking: Marking, user: str) -> int:
-        """An outcome code keyed on the collector's phone; raises OutcomeError/LookupError."""
+    async def mark_outcome(self, marking: Marking, user: str, *, tries: int = EVENT_TRIES) -> int:
+        """An outcome code (keyed on the collector's phone; a caller's promise to pay, with
+        more `tries`): its id. Raises OutcomeError/LookupError, or the database's refusal.
+
+        Written now, not behind: the rules may refuse it and whoever keyed it is told."""
         sessions = self._sessions
         assert sessions is not None
 
@@ -145,7 +152,32 @@ class CallLog:
                 return mark_outcome(session, self.call_id, marking, user=user).id
 
         await self.flushed()  # the call's account must be in
-        return await retry_db(EVENT_TRIES, mark)
+        return await retry_db(tries, mark)
+
+    async def verification_attempt(
+        self, caller: str, account_id: int, kind: str, ok: bool, try_no: int
+    ) -> None:
+        """One right-party verification try, and a failed one's audit row
+        (accounts/verification.py `record_attempt`).
+
+        Written now and waited for, never handed to the write-behind: the lock-out check of
+        the caller's next call, on this worker or another, must count it (read-your-writes),
+        and a write queued behind is in no other worker's view, nor in the database, until it
+        is flushed. Retried as long as the note (a lost try weakens the lock-out); one that
+        still fails is logged and the call goes on: the caller's answer stands."""
+        sessions = self._sessions
+        assert sessions is not None
+
+        def record() -> None:
+            with sessions.begin() as session:
+                verification.record_attempt(
+                    session, caller, account_id, self.call_id, kind, ok, try_no
+                )
+
+        try:
+            await retry_db(DB_TRIES, record)
+        except DB_ERRORS as exc:
+            log.error("call %d: verification attempt not journaled: %s", self.call_id, exc)
 
     async def close(self, status: str, reason: str, summary: str, author: str) -> None:
         """A collector-placed call's end: its note (by the collector), the recording lines,

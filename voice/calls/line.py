@@ -1,6 +1,6 @@
 """The SIP side of reaching a person, in the call worker: ring, bridge, record, voicemail.
 
-`CallLine` implements `AgentLine` (voice/routing/transfer.py) for one customer call, and the
+`CallLine` implements `AgentLine` (voice/ivr/transfer.py) for one customer call, and the
 pieces click-to-call and softphone calls share (voice/calls/collector.py). It is built from
 what it needs (a way to place a leg, the call's `CallLog` and `CallMedia`), not from a worker:
 
@@ -38,8 +38,8 @@ from voice.calls.journal import CallLog
 from voice.calls.media import BridgeRecording, CallMedia
 from voice.ivr import tones
 from voice.ivr.call import HangUp
-from voice.routing.transfer import Connected, Ring, Voicemail, ring_outcome
-from voice.routing.voicemail import record_message
+from voice.ivr.transfer import Connected, Ring, Voicemail, ring_outcome
+from voice.ivr.voicemail import record_message
 from voice.sip.engine import CallRefused
 
 log = logging.getLogger(__name__)

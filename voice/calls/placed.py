@@ -4,7 +4,7 @@ the call journaled, then its script (voice/calls/collector.py) started as a `Cal
 - Click-to-call (the control channel's `click_to_call`, asked by the API once the guardrails
   allowed it): the collector's phone is rung first; the answer is the call's id.
 - A softphone's INVITE (Kamailio's `X-Voice-Softphone`): `check_softphone_call` must allow it
-  (voice/routing/outbound.py), else 403 with a Reason header, audited, and nothing is dialled.
+  (voice/calls/outbound.py), else 403 with a Reason header, audited, and nothing is dialled.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from accounts.guardrails import Guardrails, Refusal
 from accounts.phones import E164
 from accounts.reach import Agent, collector_route
 from accounts.retry import retry_db
 from voice.calls import collector as scripts
+from voice.calls import outbound
 from voice.calls.journal import EVENT_TRIES
 from voice.calls.kit import CallKit
 from voice.calls.session import CallSession, CallTable
-from voice.routing import outbound
-from voice.routing.guardrails import Guardrails, Refusal
 from voice.sip.engine import SipEngine
 from voice.sip.uri import reason_header
 

@@ -28,6 +28,7 @@ from recordings.book import RecordingBook
 from voice import telemetry
 from voice.asr.memory import limit_arenas
 from voice.asr.model import load_model
+from voice.calls import outbound
 from voice.calls.call import ANSWER_TIMEOUT, SipCall
 from voice.calls.ivr import IvrCalls
 from voice.calls.kit import CallKit
@@ -38,7 +39,6 @@ from voice.config import Config
 from voice.control import ControlServer
 from voice.fleet import WorkerSpec
 from voice.ivr.clips import ClipLibrary
-from voice.routing import outbound
 from voice.sip.engine import CallIdentity, Events, SipEngine
 
 log = logging.getLogger(__name__)

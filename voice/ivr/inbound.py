@@ -60,14 +60,14 @@ class Journal(Protocol):
 
 @dataclass(frozen=True)
 class Handoff:
-    """How a transfer to an agent (menu 0) ended, as voice/routing reports it."""
+    """How a transfer to an agent (menu 0) ended, as voice/ivr/transfer.py reports it."""
 
     outcome: str  # "connected" (bridged, now over), "voicemail" (a message left), "unavailable"
     text: str  # for the note: "connected to Dana Whitfield for 63 s", ...
     end_reason: str | None = None  # the call's end reason when the hand-off ended the call
 
 
-# The hand-off point to voice/routing (voice/routing/transfer.py: AgentTransfer).
+# The hand-off point to the agent transfer (voice/ivr/transfer.py: AgentTransfer).
 AgentHandoff = Callable[[Call, AccountSummary], Awaitable[Handoff]]
 
 

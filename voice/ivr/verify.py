@@ -2,8 +2,9 @@
 its debt: the caller keys a value on file (postal code or date of birth), with a few tries.
 
 Until it succeeds the IVR offers only the agent and voicemail. Every try is journaled by the
-`Verifier` (accounts/verification.py: attempts, lock-out, audit of failures); the keys
-themselves never reach the call journal (see Steps.gather(secret=True)).
+`Verifier` (accounts/verification.py: lock-out, attempts and the audit of failures, written
+through the call's CallLog); the keys themselves never reach the call journal (see
+Steps.gather(secret=True)).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Whether each contact of an account may be called now: the guardrails' own answer.
 
 Both `/today` and `/accounts/{number}` show it per contact; the answer is
-voice/routing/guardrails.py `Guardrails.check`, the same call the API's
+accounts/guardrails.py `Guardrails.check`, the same call the API's
 `GET /api/accounts/{number}/callable?to=` makes and POST /api/calls enforces.
 """
 
@@ -14,9 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
+from accounts.guardrails import Guardrails, Refusal
 from accounts.models import Contact
 from voice.api.auth import clock_of, config_of, sessions_of
-from voice.routing.guardrails import Guardrails, Refusal
 
 
 @dataclass(frozen=True)

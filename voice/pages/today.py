@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from accounts import audit
+from accounts.guardrails import Guardrails
 from accounts.models import Collector
 from accounts.users import Principal
 from accounts.worklist import last_contacts, order, standings
@@ -26,7 +27,6 @@ from voice.api.auth import client_addr, clock_of, sessions_of
 from voice.api.dialout import DIALERS
 from voice.pages.callable import contact_states, guardrails
 from voice.pages.web import page, render
-from voice.routing.guardrails import Guardrails
 
 PAGE_SIZE = 25
 WORKERS = ("collector", "supervisor", "admin")  # who works the list

@@ -41,7 +41,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,13 +51,35 @@ from accounts.models import Account, utcnow
 from accounts.outcomes import last_conversation
 from accounts.phones import E164
 from accounts.services import UnknownAccount
-from voice.config import GuardrailsConfig
 
 log = logging.getLogger(__name__)
 
 REFUSED = "call.refused"  # audit action of `record_refusal`
 
 Clock = Callable[[], dt.datetime]
+
+
+class Rules(Protocol):
+    """The `[guardrails]` settings the rules read: voice/config.py's `GuardrailsConfig`, named
+    by its shape so that accounts/ (shared by the worker, the API and the pages) does not
+    depend on the voice package. Read-only members: a frozen config satisfies them."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def calling_hours_start(self) -> str: ...
+    @property
+    def calling_hours_end(self) -> str: ...
+    @property
+    def hours(self) -> tuple[dt.time, dt.time]: ...
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def attempt_window_days(self) -> int: ...
+    @property
+    def quiet_days_after_conversation(self) -> int: ...
+    @property
+    def allowed_destinations(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -83,7 +105,7 @@ def destination_allowed(patterns: tuple[str, ...], e164: str) -> bool:
     return any(e164.startswith(p[:-1]) if p.endswith("*") else e164 == p for p in patterns)
 
 
-def check_destination(cfg: GuardrailsConfig, e164: str) -> Refusal | None:
+def check_destination(cfg: Rules, e164: str) -> Refusal | None:
     if destination_allowed(cfg.allowed_destinations, e164):
         return None
     if not E164.fullmatch(e164):
@@ -94,7 +116,7 @@ def check_destination(cfg: GuardrailsConfig, e164: str) -> Refusal | None:
     return Refusal("destination_not_allowed", 403, reason)
 
 
-def check_hours(cfg: GuardrailsConfig, zone: ZoneInfo, now: dt.datetime) -> Refusal | None:
+def check_hours(cfg: Rules, zone: ZoneInfo, now: dt.datetime) -> Refusal | None:
     start, end = cfg.hours
     local = now.astimezone(zone)
     if start <= local.time() < end:
@@ -111,9 +133,7 @@ def check_hours(cfg: GuardrailsConfig, zone: ZoneInfo, now: dt.datetime) -> Refu
 class Guardrails:
     """The rules of `cfg` over the calls in the database, at the time `clock` says."""
 
-    def __init__(
-        self, cfg: GuardrailsConfig, sessions: sessionmaker[Session], clock: Clock = utcnow
-    ) -> None:
+    def __init__(self, cfg: Rules, sessions: sessionmaker[Session], clock: Clock = utcnow) -> None:
         self._cfg = cfg
         self._sessions = sessions
         self._clock = clock

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from accounts.guardrails import Guardrails, Refusal, record_refusal
 from accounts.models import Account, Collector, Contact, Softphone
 from accounts.phones import InvalidPhone, normalize
 from voice.config import Config
-from voice.routing.guardrails import Guardrails, Refusal, record_refusal
 
 log = logging.getLogger(__name__)
 
