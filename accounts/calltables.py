@@ -37,7 +37,7 @@ CALLS_BY_ACCOUNT = "ix_calls_account_direction_started"
 
 class Call(Base):
     __tablename__ = "calls"
-    # Outbound guardrails count an account's recent calls (voice/routing/guardrails.py).
+    # Outbound guardrails count an account's recent calls (accounts/guardrails.py).
     __table_args__ = (Index(CALLS_BY_ACCOUNT, "account_id", "direction", "started_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)

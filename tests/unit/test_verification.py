@@ -299,7 +299,7 @@ async def test_a_refused_try_is_retried_and_one_never_written_leaves_the_answer(
     assert await verifier.attempt(accounts["A-100"], "10001", 1)
     assert refusals["left"] == 0 and attempts(sessions, call) == [(CALLER, True)]
     # Refused every time: logged, and the caller still hears that the value was right.
-    refusals["left"] = journal.NOTE_TRIES
+    refusals["left"] = journal.DB_TRIES
     monkeypatch.setattr("accounts.retry.asyncio.sleep", _instant)
     assert await verifier.attempt(accounts["A-100"], "10001", 2)
     assert attempts(sessions, call) == [(CALLER, True)]

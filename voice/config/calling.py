@@ -182,7 +182,7 @@ _DESTINATION_PATTERN = re.compile(r"\+(?:[1-9][0-9]{0,14})?\*|\+[1-9][0-9]{1,14}
 
 @dataclass(frozen=True)
 class GuardrailsConfig:
-    """Rules every outbound call is checked against (voice/routing/guardrails.py)."""
+    """Rules every outbound call is checked against (accounts/guardrails.py)."""
 
     enabled: bool = True
     calling_hours_start: str = "08:00"
