@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import sqlite3
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from accounts.retry import DB_TRIES
 from voice.calls import journal as call_journal
 from voice.calls.journal import CallLog
+from voice.calls.media import Recorder
 
 
 class LockedJournal:
@@ -66,3 +70,29 @@ async def test_the_note_is_retried_longer_than_an_event() -> None:
     journal = LockedJournal(failures=call_journal.DB_TRIES - 1)
     await CallLog(journal, 9).finish("completed", "done", "note")  # type: ignore[arg-type]
     assert journal.finished == [(9, "completed")]
+
+
+class LockedBook:
+    """A recording book whose close is refused `failures` times (the FLAC is already made)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.closed: list[int] = []
+
+    def close(self, recording_id: int, call_seconds: float | None = None) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))
+        self.closed.append(recording_id)
+        return SimpleNamespace(loss=None)
+
+
+async def test_a_recordings_close_outlasts_a_long_lock() -> None:
+    # Past the call's DB_TRIES (~20 s) the finished recording's row is still retried: a soak
+    # on SQLite left 5 recordings "in progress" by giving up there.
+    book = LockedBook(failures=DB_TRIES + 10)
+    metrics: collections.Counter[str] = collections.Counter()
+    recorder = Recorder(engine=None, book=book, metrics=metrics)  # type: ignore[arg-type]
+    await recorder.close(12, lambda: None, 3.0)
+    assert book.closed == [12]
+    assert metrics["recordings_total"] == 1 and not metrics["recordings_failed_total"]

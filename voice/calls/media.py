@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 # A recording row's open, close or PCI mark is retried DB_TRIES times while the database
 # refuses (SQLite's lock held past its busy timeout on a saturated machine): not retried, 3 of
 # 80 calls at once lost their recording on this machine.
+# Closing one (its FLAC is made, its row says so) is retried far longer, in the background
+# (the caller has hung up): a soak at 60 calls up on SQLite (2026-12-03) gave up on 5 rows
+# after DB_TRIES, leaving finished recordings "in progress" until the worker's next start.
+CLOSE_TRIES = DB_TRIES + 75  # ~5-10 min at retry_pause's 4 s cap plus the busy timeout
 
 
 @dataclass
@@ -105,7 +109,9 @@ class Recorder:
         """`before()` (a writer's close) then the book's, counted; never raises."""
         try:
             await asyncio.to_thread(before)
-            closed = await retry_db(DB_TRIES, self.book.close, recording_id, call_seconds=seconds)
+            closed = await retry_db(
+                CLOSE_TRIES, self.book.close, recording_id, call_seconds=seconds
+            )
         except Exception:
             log.exception("recording %d could not be finalised", recording_id)
             self.metrics["recordings_failed_total"] += 1
