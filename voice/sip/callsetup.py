@@ -121,11 +121,7 @@ class CallSetup:
         return True
 
     def dial(
-        self,
-        uri: str,
-        from_uri: str | None = None,
-        headers: tuple[tuple[str, str], ...] = (),
-        purpose: str = "ivr",
+        self, uri: str, from_uri: str | None, headers: tuple[tuple[str, str], ...], purpose: str
     ) -> CallIdentity:
         assert self.account is not None
         refusal = self._admit(time.monotonic())

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 RECORDER_GRACE = 0.5  # seconds between unplugging a recorder and closing its file
 PORT_GRACE = 5.0  # seconds before a call's media port serves another call
 
+# Called on the media thread as a playback's first frame goes out.
+Starter = Callable[[], None] | None
+
 
 class Conference:
     def __init__(
@@ -58,13 +61,7 @@ class Conference:
 
     # -- any thread ---------------------------------------------------------------------------
 
-    def play(
-        self,
-        key: int,
-        pcm: Any,
-        on_done: Callable[[], None],
-        on_start: Callable[[], None] | None = None,
-    ) -> bool:
+    def play(self, key: int, pcm: Any, on_done: Callable[[], None], on_start: Starter) -> bool:
         player = self._players.get(key)
         if player is None:
             return False
