@@ -1,8 +1,9 @@
 """`voice serve`: the supervisor of the call fleet.
 
 It prepares the database and prompt cache, starts the zygote (which preloads modules and the
-Vosk model and forks call workers), keeps one worker per `WorkerSpec` alive, runs Kamailio in
-front of them (unless in developer mode, one worker on the public SIP port), and serves HTTP.
+Vosk model and forks call workers), keeps one worker per `WorkerSpec` alive (both in
+voice/keeper.py), runs Kamailio in front of them (unless in developer mode, one worker on the
+public SIP port), and serves HTTP.
 
 A worker that dies takes only its own calls: the supervisor closes those calls as interrupted,
 with notes, before it starts the replacement. Shutdown stops new calls (workers answer 503, so
@@ -14,20 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
-import sys
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.demo import load_demo_if_empty
-from accounts.retry import DB_ERRORS, retry_db
+from accounts.retry import DB_ERRORS, DB_TRIES, retry_db
 from accounts.services import CallJournal
 from accounts.webhook import run_outbox
 from recordings.book import RecordingBook
@@ -36,39 +33,15 @@ from voice import control, metrics, procinfo
 from voice.app import build_app
 from voice.asr.after import transcriber_names
 from voice.config import Config
-from voice.fleet import WorkerSpec, run_dir, uses_kamailio, worker_specs
+from voice.fleet import run_dir, uses_kamailio, worker_specs
 from voice.ivr.clips import ClipLibrary
+from voice.keeper import TranscriberState, WorkerState, ZygoteKeeper
 
 log = logging.getLogger(__name__)
 HTTP_SHUTDOWN_S = 5  # seconds requests still running at shutdown get to finish
 
 HEALTH_TIMEOUT = 1.0  # seconds a worker may take to answer a health request
 STOP_GRACE = 15.0  # seconds beyond drain_timeout before a worker is killed
-INTERRUPT_TRIES = 8  # a dead worker's calls: ~20 s of retries while the database refuses
-
-
-@dataclass
-class WorkerState:
-    spec: WorkerSpec
-    pid: int | None = None
-    restarts: int = 0
-    exits: list[int] = field(default_factory=list)
-    started_at: float = 0.0
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def alive(self) -> bool:
-        return self.pid is not None
-
-
-@dataclass
-class TranscriberState:
-    """An after-call transcription process (voice/asr/after.py), forked by the zygote too."""
-
-    name: str
-    pid: int | None = None
-    restarts: int = 0
-    exits: list[int] = field(default_factory=list)
 
 
 class Supervisor:
@@ -78,16 +51,21 @@ class Supervisor:
         self.workers = {spec.name: WorkerState(spec) for spec in worker_specs(cfg)}
         self.transcribers = {n: TranscriberState(n) for n in transcriber_names(cfg)}
         self.kamailio: Any = None
-        self.model: str | None = None
-        self._zygote: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
+        self._keeper = ZygoteKeeper(
+            cfg, config_path, self.workers, self.transcribers, self._stopping, self._worker_exited
+        )
         self._journal: CallJournal | None = None
         self._book: RecordingBook | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._control = control.ControlServer(
             run_dir(cfg) / "supervisor.sock",
             {"health": self.health, "dial": self.dial, "hangup": self.hangup},
         )
+
+    @property
+    def model(self) -> str | None:
+        """The speech model the zygote loaded (None: keypad only, or not started yet)."""
+        return self._keeper.model
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -133,7 +111,7 @@ class Supervisor:
         )
         server.install_signal_handlers = lambda: None  # signals are ours
         http = asyncio.create_task(server.serve())
-        keeper = asyncio.create_task(self._keep_zygote())
+        keeper = asyncio.create_task(self._keeper.run())
         # Housekeeping that must run once per machine, not once per worker.
         chores = [
             asyncio.create_task(run_outbox(self.cfg, self._stopping)),
@@ -157,7 +135,8 @@ class Supervisor:
             await http
 
     async def _start_kamailio(self) -> None:
-        from voice.routing.kamailio import Kamailio, WorkerAddress
+        from voice.routing.kamailio import Kamailio
+        from voice.routing.kamailio_config import WorkerAddress
 
         addresses = [
             WorkerAddress(w.spec.name, w.spec.sip.bind, w.spec.sip.port)
@@ -172,106 +151,7 @@ class Supervisor:
             len(self.workers),
         )
 
-    # -- the zygote and its workers -----------------------------------------------------------
-
-    async def _keep_zygote(self) -> None:
-        while not self._stopping.is_set():
-            cmd = [sys.executable, "-m", "voice"]
-            if self.config_path:
-                cmd += ["--config", self.config_path]
-            cmd.append("zygote")
-            # The zygote reads the config again: it must see the same fleet as we do, including
-            # a `--workers` given on our command line (else developer mode's one worker would
-            # be built as w0 of the default fleet, on workers.sip_port instead of sip.port).
-            env = dict(
-                os.environ,
-                OPENBLAS_NUM_THREADS="1",
-                VOICE_WORKERS_COUNT=str(self.cfg.workers.count),
-                PROMETHEUS_MULTIPROC_DIR=str(metrics.metrics_dir(self.cfg)),
-            )
-            self._zygote = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
-            )
-            await self._follow(self._zygote)
-            code = await self._zygote.wait()
-            if self._stopping.is_set():
-                return
-            # Workers die with their zygote (PDEATHSIG): every call they held is interrupted.
-            log.error("zygote exited with %s; restarting it and all workers", code)
-            for worker in self.workers.values():
-                if worker.alive:
-                    await self._worker_exited(worker, -signal.SIGKILL)
-            await asyncio.sleep(self.cfg.workers.restart_delay)
-
-    async def _follow(self, zygote: asyncio.subprocess.Process) -> None:
-        assert zygote.stdout is not None
-        while line := await zygote.stdout.readline():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                log.error("zygote said something unreadable: %r", line[:200])
-                continue
-            kind = event.get("event")
-            if kind == "ready":
-                self.model = event.get("model")
-                for worker in self.workers.values():
-                    self._spawn(worker)
-                for name in self.transcribers:
-                    self._spawn_name(name)
-            elif event.get("name") in self.transcribers:
-                self._transcriber_event(self.transcribers[event["name"]], kind, event)
-            elif kind == "started":
-                worker = self.workers[event["name"]]
-                worker.pid, worker.started_at = event["pid"], time.time()
-                worker.exited.clear()
-            elif kind == "exited":
-                worker = self.workers[event["name"]]
-                await self._worker_exited(worker, event["status"])
-                if not self._stopping.is_set():
-                    self._restart_later(worker)
-            else:
-                log.error("zygote: %s", event.get("error", event))
-
-    def _spawn(self, worker: WorkerState) -> None:
-        self._spawn_name(worker.spec.name)
-
-    def _spawn_name(self, name: str) -> None:
-        zygote = self._zygote
-        if zygote is None or zygote.stdin is None or zygote.returncode is not None:
-            return
-        zygote.stdin.write(json.dumps({"op": "spawn", "name": name}).encode() + b"\n")
-
-    def _transcriber_event(self, state: TranscriberState, kind: str, event: dict[str, Any]) -> None:
-        if kind == "started":
-            state.pid = event["pid"]
-            return
-        state.pid = None
-        state.exits.append(event["status"])
-        if self._stopping.is_set():
-            return
-        # Its job stays claimed under its name: the replacement takes it back first.
-        log.error("transcriber %s stopped (status %s)", state.name, event["status"])
-
-        async def restart() -> None:
-            await asyncio.sleep(self.cfg.workers.restart_delay)
-            if not self._stopping.is_set() and state.pid is None:
-                state.restarts += 1
-                self._spawn_name(state.name)
-
-        task = asyncio.create_task(restart())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _restart_later(self, worker: WorkerState) -> None:
-        async def restart() -> None:
-            await asyncio.sleep(self.cfg.workers.restart_delay)
-            if not self._stopping.is_set() and not worker.alive:
-                worker.restarts += 1
-                self._spawn(worker)
-
-        task = asyncio.create_task(restart())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # -- a worker's death -------------------------------------------------------------------
 
     async def _worker_exited(self, worker: WorkerState, status: int) -> None:
         metrics.process_dead(metrics.metrics_dir(self.cfg), worker.pid)
@@ -289,7 +169,7 @@ class Supervisor:
         assert self._journal is not None and self._book is not None
         try:
             closed = await retry_db(
-                INTERRUPT_TRIES,
+                DB_TRIES,
                 self._journal.interrupt_calls,
                 worker.spec.name,
                 f"call worker {worker.spec.name} stopped ({how})",
@@ -297,7 +177,7 @@ class Supervisor:
             if closed:
                 log.warning("worker %s: %d call(s) marked interrupted", worker.spec.name,
                             len(closed))  # fmt: skip
-                repaired = await retry_db(INTERRUPT_TRIES, self._book.repair_calls, closed)
+                repaired = await retry_db(DB_TRIES, self._book.repair_calls, closed)
                 log.warning("worker %s: %d recording(s) repaired", worker.spec.name,
                             len(repaired))  # fmt: skip
         except DB_ERRORS as exc:
@@ -323,7 +203,7 @@ class Supervisor:
                 log.error("worker %s did not stop in time: killing it", worker.spec.name)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
-        zygote = self._zygote
+        zygote = self._keeper.process
         if zygote is not None and zygote.returncode is None:
             assert zygote.stdin is not None
             zygote.stdin.close()  # end of commands: it reaps what is left and exits
@@ -382,7 +262,8 @@ class Supervisor:
                 }
             )
         kamailio_ok = self.kamailio is None or self.kamailio.alive
-        others = [os.getpid()] + ([self._zygote.pid] if self._zygote else [])
+        zygote = self._keeper.process
+        others = [os.getpid()] + ([zygote.pid] if zygote else [])
         total_pss = sum(w["memory_kb"]["pss_kb"] for w in workers if w["memory_kb"]) + sum(
             u.pss_kb for pid in others if (u := procinfo.usage(pid))
         )
@@ -395,7 +276,7 @@ class Supervisor:
                 if self.kamailio is None
                 else {"alive": self.kamailio.alive, "pid": self.kamailio.pid}
             ),
-            "zygote_pid": self._zygote.pid if self._zygote else None,
+            "zygote_pid": zygote.pid if zygote else None,
             "transcribers": [
                 {"name": t.name, "pid": t.pid, "restarts": t.restarts, "exits": t.exits}
                 for t in self.transcribers.values()

@@ -24,7 +24,7 @@ def players() -> Iterator[list[PcmPlayer]]:
     ep = pj.Endpoint()
     ep.libCreate()
     cfg = pj.EpConfig()
-    cfg.uaConfig.threadCnt = 0  # as voice/sip/engine.py: no pjsua2 thread of its own
+    cfg.uaConfig.threadCnt = 0  # as voice/sip/endpoint.py: no pjsua2 thread of its own
     cfg.medConfig.clockRate = cfg.medConfig.sndClockRate = 16000
     cfg.logConfig.level = 0
     cfg.logConfig.consoleLevel = 0

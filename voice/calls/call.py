@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from voice import telemetry
-from voice.asr.events import Event, Final, SpeechStarted
+from voice.asr.events import Event
 from voice.asr.live import CallSpeech
 from voice.asr.phrases import PhraseSet
+from voice.calls.hearing import Hearing
 from voice.ivr.call import DTMF_KEYS, HangUp, Heard
 from voice.sip.engine import CallIdentity, SipEngine
 from voice.sip.uri import caller_id, user_part
@@ -54,21 +55,13 @@ class SipCall:
         self._digit_arrived = asyncio.Event()
         self.end_code: int | None = None
         self.end_reason: str | None = None
-        # Live speech (None: keypad only). The caller's grammar finals wait in `_heard`.
-        self._speech: CallSpeech | None = None
-        self._phrases: PhraseSet | None = None
-        self._heard: asyncio.Queue[Final] = asyncio.Queue()
-        self._speech_started = asyncio.Event()
-        self._speech_barge = False  # the prompt playing now may be cut by the caller's voice
-        self._speaking = False  # an utterance of the caller's is in progress
-        self._speaking_since = 0.0  # loop time its start was reported
-        self._cut_by_speech = False  # the last prompt was cut by speech that chose nothing
         self.heard: Heard | None = None
         self._reply = telemetry.ReplyClock()  # times the IVR's reply to a key or a phrase
+        self._hearing = Hearing(self._reply)  # live speech; keypad only until attach_speech
 
     def attach_speech(self, speech: CallSpeech, phrases: PhraseSet | None) -> None:
         """Spoken menu choices (`phrases`) and speech barge-in from the call's `speech`."""
-        self._speech, self._phrases = speech, phrases
+        self._hearing.attach(speech, phrases)
         speech.on_caller = self.on_speech
 
     # -- Call protocol ------------------------------------------------------------------------
@@ -94,25 +87,21 @@ class SipCall:
         if barge_in and not self._digits.empty():
             return  # typed ahead: the key already answers whatever this prompt asks
         pcm = self._render(tokens)
-        loop = asyncio.get_running_loop()
-        finished = loop.create_future()
-
-        def on_done() -> None:  # called from the media clock thread or this loop
-            loop.call_soon_threadsafe(_resolve, finished)
-
+        finished, on_done = _playback_done()
         self._digit_arrived.clear()
-        self._speech_started.clear()
+        self._hearing.started.clear()
         if not self._engine.play(self.identity.key, pcm, on_done, self._reply.on_start()):
             raise HangUp()
         waiters: list[Any] = [finished, self._ended.wait()]
         if barge_in:
             waiters.append(self._digit_arrived.wait())
-            if self._speech_barge:
-                waiters.append(self._speech_started.wait())
-        await self._first(*waiters)
+            if self._hearing.barge:
+                waiters.append(self._hearing.started.wait())
+        await first_of(*waiters)
         if not finished.done():
             self._engine.stop_playback(self.identity.key)
-            self._cut_by_speech = self._speech_started.is_set() and not self._digit_arrived.is_set()
+            cut = self._hearing.started.is_set() and not self._digit_arrived.is_set()
+            self._hearing.cut = cut
         self._raise_if_ended()
 
     async def gather(
@@ -126,24 +115,17 @@ class SipCall:
         spoken: Mapping[str, str] | None = None,
     ) -> str:
         self.heard = None
-        grammar = self._grammar(spoken) if max_digits == 1 else None
+        grammar = self._hearing.grammar(spoken) if max_digits == 1 else None
         if grammar is None:
             return await self._gather_keys(tokens, max_digits, timeout, digit_timeout, terminator)
-        assert self._speech is not None and spoken is not None
-        # Listen before the prompt starts, so a caller who talks over it is heard. A caller whose
-        # speech cut the last prompt without choosing anything hears this one whole.
-        while not self._heard.empty():
-            self._heard.get_nowait()
-        self._speech.expect(grammar)
-        self._speech_barge = not self._cut_by_speech
-        self._cut_by_speech = False
+        assert spoken is not None
+        self._hearing.expect(grammar)
         try:
             if tokens:
                 await self.play(tokens, barge_in=True)
             return await self._key_or_phrase(spoken, timeout)
         finally:
-            self._speech_barge = False
-            self._speech.expect(None)
+            self._hearing.stop_expecting()
 
     async def _gather_keys(
         self,
@@ -170,60 +152,45 @@ class SipCall:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         extended = False
+        hearing = self._hearing
         while True:
             self._raise_if_ended()
             if not self._digits.empty():
-                self._cut_by_speech = False
+                hearing.cut = False
                 self._reply.answered_by_key()
                 return self._digits.get_nowait()
-            if not self._heard.empty():
-                final = self._heard.get_nowait()
-                if final.noise or not (final.text or final.option):
+            if not hearing.finals.empty():
+                answer = hearing.answer(spoken)
+                if answer is None:
                     continue  # a cough, line noise, a tone: not an answer
-                option = final.option if final.option in spoken else None
-                self.heard = Heard(final.text, option, final.confidence)
-                self._reply.answered_by_speech()
-                if option is None:
-                    self._cut_by_speech = True  # so the re-prompt is heard whole
-                    return ""
-                self._cut_by_speech = False
-                return spoken[option]
+                self.heard, choice = answer
+                return choice
             remaining = deadline - loop.time()
             if remaining <= 0:
-                if not self._speaking or extended:
+                if not hearing.speaking or extended:
                     return ""
-                extended, deadline = True, self._speaking_since + SPEECH_GRACE  # hear them out
+                extended, deadline = True, hearing.speaking_since + SPEECH_GRACE  # hear them out
                 continue
             digit = asyncio.ensure_future(self._digits.get())
-            heard = asyncio.ensure_future(self._heard.get())
+            heard = asyncio.ensure_future(hearing.finals.get())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._first(digit, heard, self._ended.wait()), remaining)
+                await asyncio.wait_for(first_of(digit, heard, self._ended.wait()), remaining)
             # Whatever arrived goes back in its queue, in order, for the checks above.
-            for getter, queue in ((digit, self._digits), (heard, self._heard)):
+            for getter, queue in ((digit, self._digits), (heard, hearing.finals)):
                 if getter.done() and not getter.cancelled():
                     _requeue_first(queue, getter.result())
                 else:
                     getter.cancel()
 
-    def _grammar(self, spoken: Mapping[str, str] | None) -> PhraseSet | None:
-        if not spoken or self._speech is None or self._phrases is None:
-            return None
-        return self._phrases.only(spoken)
-
     async def play_audio(self, pcm: np.ndarray, *, wait: bool = True) -> None:
         """Play raw PCM (a tone, ringback) to this call only; no barge-in. `wait=False` returns
         at once (stop it with `stop_audio`)."""
         await self._wait_confirmed()
-        loop = asyncio.get_running_loop()
-        finished = loop.create_future()
-
-        def on_done() -> None:
-            loop.call_soon_threadsafe(_resolve, finished)
-
+        finished, on_done = _playback_done()
         if not self._engine.play(self.identity.key, pcm, on_done, self._reply.on_start()):
             raise HangUp()
         if wait:
-            await self._first(finished, self._ended.wait())
+            await first_of(finished, self._ended.wait())
             self._raise_if_ended()
 
     def stop_audio(self) -> None:
@@ -254,7 +221,7 @@ class SipCall:
 
     async def wait_answered(self) -> bool:
         """True once the call is confirmed (ACKed or answered); False if it ended first."""
-        await self._first(self._confirmed.wait(), self._ended.wait())
+        await first_of(self._confirmed.wait(), self._ended.wait())
         return self._confirmed.is_set()
 
     # -- events from the engine (on the loop) -------------------------------------------------
@@ -272,16 +239,7 @@ class SipCall:
 
     def on_speech(self, event: Event) -> None:
         """The caller's stream: an utterance started (barge-in) or was recognised."""
-        if isinstance(event, SpeechStarted):
-            self._speaking = True
-            self._speaking_since = asyncio.get_running_loop().time()
-            self._speech_started.set()
-        elif isinstance(event, Final):
-            self._speaking = False
-            if event.mode == "grammar":
-                self._heard.put_nowait(event)
-                if self._speech is not None:
-                    self._reply.heard(event.end, self._speech.heard_until())
+        self._hearing.on_speech(event)
 
     def on_disconnected(self, code: int, reason: str) -> None:
         self.end_code, self.end_reason = code, reason
@@ -295,7 +253,7 @@ class SipCall:
             return
         try:
             await asyncio.wait_for(
-                self._first(self._confirmed.wait(), self._ended.wait()), self._answer_timeout
+                first_of(self._confirmed.wait(), self._ended.wait()), self._answer_timeout
             )
         except TimeoutError:
             await self.hangup()
@@ -308,7 +266,7 @@ class SipCall:
             return self._digits.get_nowait()
         getter = asyncio.ensure_future(self._digits.get())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first(getter, self._ended.wait()), timeout)
+            await asyncio.wait_for(first_of(getter, self._ended.wait()), timeout)
         # A digit that arrived together with the timeout still counts.
         if getter.done() and not getter.cancelled():
             return getter.result()
@@ -320,16 +278,16 @@ class SipCall:
         if self._ended.is_set():
             raise HangUp()
 
-    @staticmethod
-    async def _first(*aws: Any) -> None:
-        """Wait until the first of `aws` completes; cancel the rest (futures passed in excepted)."""
-        tasks = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in aws]
-        owned = [t for t, a in zip(tasks, aws, strict=True) if t is not a]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in owned:
-                task.cancel()
+
+async def first_of(*aws: Any) -> None:
+    """Wait until the first of `aws` completes; cancel the rest (futures passed in excepted)."""
+    tasks = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in aws]
+    owned = [t for t, a in zip(tasks, aws, strict=True) if t is not a]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in owned:
+            task.cancel()
 
 
 def _requeue_first(queue: asyncio.Queue[Any], item: Any) -> None:
@@ -338,6 +296,18 @@ def _requeue_first(queue: asyncio.Queue[Any], item: Any) -> None:
         rest.append(queue.get_nowait())
     for entry in (item, *rest):
         queue.put_nowait(entry)
+
+
+def _playback_done() -> tuple[asyncio.Future[None], Callable[[], None]]:
+    """A future and the `on_done` that resolves it, called from the media clock thread or
+    this loop."""
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+
+    def on_done() -> None:
+        loop.call_soon_threadsafe(_resolve, finished)
+
+    return finished, on_done
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -9,7 +9,7 @@ A tap may feed several sinks (live speech, a bridged call's stereo recording, a 
 `sinks` is a tuple replaced whole, so the media thread always sees a consistent set.
 
 Like players, taps are reused across calls and never destroyed while the clock runs (see
-voice/sip/engine.py): between calls there are no sinks and frames are dropped.
+voice/sip/conference.py): between calls there are no sinks and frames are dropped.
 """
 
 from __future__ import annotations
