@@ -8,6 +8,7 @@ play (calls `on_start` at once) and finishes the audio at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -122,3 +123,18 @@ async def test_a_spoken_choice_is_timed_from_the_end_of_the_speech() -> None:
     assert REGISTRY.get_sample_value(f"{name}_count") == before["count"] + 1
     # It ended 0.6 s of audio before the result arrived: at least that long ago.
     assert REGISTRY.get_sample_value(f"{name}_sum") - before["sum"] >= 0.6
+
+
+async def test_a_gather_cancelled_with_its_call_leaves_no_getter_pending() -> None:
+    # A call's task is cancelled at hang-up or drain while it waits for a key: its queue
+    # getters must go with it, not linger until the garbage collector destroys them.
+    call, _ = live_call()
+    before = set(asyncio.all_tasks())
+    waiting = asyncio.create_task(call.gather(["menu"], max_digits=4, timeout=30))
+    await asyncio.sleep(0.1)
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert left == [], left

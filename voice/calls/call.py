@@ -173,8 +173,12 @@ class SipCall:
                 continue
             digit = asyncio.ensure_future(self._digits.get())
             heard = asyncio.ensure_future(hearing.finals.get())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(first_of(digit, heard, self._ended.wait()), remaining)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(first_of(digit, heard, self._ended.wait()), remaining)
+            except BaseException:
+                _cancel(digit, heard)  # the call's task cancelled: no getter left pending
+                raise
             # Whatever arrived goes back in its queue, in order, for the checks above.
             for getter, queue in ((digit, self._digits), (heard, hearing.finals)):
                 if getter.done() and not getter.cancelled():
@@ -265,8 +269,12 @@ class SipCall:
         if not self._digits.empty():
             return self._digits.get_nowait()
         getter = asyncio.ensure_future(self._digits.get())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(first_of(getter, self._ended.wait()), timeout)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first_of(getter, self._ended.wait()), timeout)
+        except BaseException:
+            _cancel(getter)
+            raise
         # A digit that arrived together with the timeout still counts.
         if getter.done() and not getter.cancelled():
             return getter.result()
@@ -288,6 +296,13 @@ async def first_of(*aws: Any) -> None:
     finally:
         for task in owned:
             task.cancel()
+
+
+def _cancel(*getters: asyncio.Future[Any]) -> None:
+    # A getter left pending when its call's task is cancelled outlives the call until the
+    # garbage collector destroys it ("Task was destroyed but it is pending!", 35 in a soak).
+    for getter in getters:
+        getter.cancel()
 
 
 def _requeue_first(queue: asyncio.Queue[Any], item: Any) -> None:
