@@ -33,7 +33,7 @@ from accounts.reach import Agent
 from accounts.views import AccountSummary
 from recordings.book import recording_line
 from recordings.capture import WavWriter
-from voice.calls.call import SipCall
+from voice.calls.call import SipCall, first_of
 from voice.calls.journal import CallLog
 from voice.calls.media import BridgeRecording, CallMedia
 from voice.ivr import tones
@@ -161,7 +161,7 @@ class CallLine:
             waiters.append(self.waiting.wait_ended())
         timed_out = False
         try:
-            await asyncio.wait_for(SipCall._first(*waiters), timeout)
+            await asyncio.wait_for(first_of(*waiters), timeout)
         except TimeoutError:
             timed_out = True
         answered = leg.answered and not leg.ended
@@ -207,7 +207,7 @@ class CallLine:
         self.media.bridge = BridgeRecording(recording_id, writer, speech, started)
         outcomes = asyncio.create_task(self._outcomes(agent, user or collector))
         try:
-            await SipCall._first(customer.wait_ended(), agent.wait_ended())
+            await first_of(customer.wait_ended(), agent.wait_ended())
         finally:
             self.media.bridge = None
             seconds = time.monotonic() - started
