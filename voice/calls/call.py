@@ -176,15 +176,12 @@ class SipCall:
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(first_of(digit, heard, self._ended.wait()), remaining)
-            except BaseException:
-                _cancel(digit, heard)  # the call's task cancelled: no getter left pending
-                raise
+            finally:
+                _cancel(digit, heard)
             # Whatever arrived goes back in its queue, in order, for the checks above.
             for getter, queue in ((digit, self._digits), (heard, hearing.finals)):
                 if getter.done() and not getter.cancelled():
                     _requeue_first(queue, getter.result())
-                else:
-                    getter.cancel()
 
     async def play_audio(self, pcm: np.ndarray, *, wait: bool = True) -> None:
         """Play raw PCM (a tone, ringback) to this call only; no barge-in. `wait=False` returns
@@ -272,13 +269,11 @@ class SipCall:
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(first_of(getter, self._ended.wait()), timeout)
-        except BaseException:
+            # A digit that arrived together with the timeout still counts.
+            if getter.done() and not getter.cancelled():
+                return getter.result()
+        finally:
             _cancel(getter)
-            raise
-        # A digit that arrived together with the timeout still counts.
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        getter.cancel()
         self._raise_if_ended()
         return None
 
@@ -299,8 +294,9 @@ async def first_of(*aws: Any) -> None:
 
 
 def _cancel(*getters: asyncio.Future[Any]) -> None:
-    # A getter left pending when its call's task is cancelled outlives the call until the
-    # garbage collector destroys it ("Task was destroyed but it is pending!", 35 in a soak).
+    # Whatever happened (a result, a timeout, the call's task cancelled), a getter still
+    # pending goes: left so, it outlives the call until the garbage collector destroys it
+    # ("Task was destroyed but it is pending!", 35 in a soak). A done one is left as it is.
     for getter in getters:
         getter.cancel()
 
