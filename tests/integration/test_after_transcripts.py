@@ -235,8 +235,15 @@ def test_a_burst_of_8_speaking_calls_into_2_workers_gets_every_transcript(
     try:
         steps = f"audio;wait:{SPEAK_AT};say:{phrase};wait:3;hangup"
         uas = [
-            start_ua(server, steps, tmp_path / f"ua{i}.out", ahead=True, caller=KNOWN, calls=4,
-                     timeout=90)  # fmt: skip
+            start_ua(
+                server,
+                steps,
+                tmp_path / f"ua{i}.out",
+                ahead=True,
+                caller=KNOWN,
+                calls=4,
+                timeout=90,
+            )  # fmt: skip
             for i in range(2)
         ]
         for ua in uas:

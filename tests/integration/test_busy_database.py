@@ -111,8 +111,13 @@ def test_a_worker_killed_while_the_database_is_locked_is_restarted_and_its_call_
         busy = wait_for(lambda: [w for w in server.health()["workers"] if w["calls"]], 20)
         assert busy, server.health()
         [victim] = busy
-        with server.session() as session:
-            call_id = session.scalars(select(Call.id).where(Call.caller == KNOWN)).one()
+
+        def call_row() -> int | None:  # the worker counts the call before its row is committed
+            with server.session() as session:
+                return session.scalars(select(Call.id).where(Call.caller == KNOWN)).one_or_none()
+
+        call_id = wait_for(call_row, 10)
+        assert call_id, server.log()[-3000:]
         holder.execute("BEGIN EXCLUSIVE")
         os.kill(victim["pid"], signal.SIGKILL)
         time.sleep(3.0)  # the supervisor meets the lock (200 ms busy timeout) and retries

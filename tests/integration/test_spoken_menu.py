@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from accounts.models import Call, Transcript
 from tests.asr_audio import concat, espeak, noise, silence
-from tests.integration.audio import match_pieces
+from tests.integration.audio import match_pieces, received
 from tests.integration.conftest import (
     TEST_TTS,
     Server,
@@ -211,8 +211,9 @@ def test_silence_reprompts_without_a_choice(server: Server, tmp_path: Path) -> N
     # the caller heard the whole menu.
     heard, _ = sf.read(report["record"], dtype="int16")
     scores, jump, _ = match_pieces(heard, clips.render(["menu"]))
-    assert scores and min(scores) > 0.6, f"menu not heard whole (pieces {scores})"
-    assert sorted(scores)[len(scores) // 10] > 0.85, f"menu damaged (pieces {scores})"
+    media = received(report)
+    assert scores and min(scores) > 0.6, f"menu not heard whole (pieces {scores}; {media})"
+    assert sorted(scores)[len(scores) // 10] > 0.85, f"menu damaged (pieces {scores}; {media})"
     # In order, never restarted; a stall of the media clock under load may delay the rest (CI
     # 2026-12-03: the menu's pieces from 2.5 s on came later than the 0.25 s window).
     assert jump < 3.0

@@ -19,7 +19,7 @@ import soundfile
 from sqlalchemy import select
 
 from accounts.models import CallOutcome
-from tests.integration.audio import best_match, match_pieces
+from tests.integration.audio import best_match, match_pieces, received
 from tests.integration.conftest import (
     TEST_TTS,
     Server,
@@ -205,7 +205,7 @@ def test_keypad_promise_is_read_back_and_stored_once(
         ["promise_readback", *say.money(50000, "USD"), "promise_on", *say.date(when)]
     )
     scores, _, _ = match_pieces(heard(report), readback)
-    assert scores and min(scores) > 0.6, scores
+    assert scores and min(scores) > 0.6, (scores, received(report))
     with server.session() as session:
         outcomes = session.scalars(select(CallOutcome).where(CallOutcome.call_id == call_id)).all()
     assert [(o.kind, o.amount_cents, o.promise_date, o.user) for o in outcomes] == [

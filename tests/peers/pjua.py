@@ -97,6 +97,7 @@ class Leg:
     last_dtmf_at: float | None = None
     error: str = ""
     invite: str = ""
+    stream: dict[str, int] = field(default_factory=dict)
 
 
 class UaCall(pj.Call):
@@ -227,6 +228,7 @@ def main() -> int:
     start = time.monotonic()
     deadline = start + args.timeout
     started = 0
+    next_stat = 0.0
     while time.monotonic() < deadline:
         now = time.monotonic()
         if args.answer:
@@ -241,6 +243,10 @@ def main() -> int:
         ep.libHandleEvents(5)
         for leg in legs[:started]:
             advance(leg, time.monotonic(), args.dtmf_method)
+        if time.monotonic() >= next_stat:
+            next_stat = time.monotonic() + 0.25
+            for leg in legs[:started]:
+                sample_stream(leg)
         done = 0 < len(legs) == args.calls and started == len(legs)
         if done and all(leg.state == "ended" for leg in legs):
             break
@@ -355,6 +361,31 @@ def fail(leg: Leg, why: str) -> None:
         leg.call.hangup(pj.CallOpParam())
 
 
+def sample_stream(leg: Leg) -> None:
+    """Note the receive side's jitter-buffer and RTP counters; log when one moves.
+
+    A damaged recording is then placed: lost or reordered packets (the sender or the path),
+    or frames the jitter buffer discarded or played empty (this process starved).
+    """
+    if leg.state != "up" or leg.media is None or leg.call is None:
+        return
+    try:
+        stat = leg.call.getStreamStat(0)
+    except Exception:
+        return  # no stream (yet, or any more)
+    jb, rx = stat.jbuf, stat.rtcp.rxStat
+    now = {
+        "jb_discard": jb.discard, "jb_lost": jb.lost, "jb_empty": jb.empty,
+        "jb_max_delay_ms": jb.maxDelayMsec, "rx_pkt": rx.pkt, "rx_loss": rx.loss,
+        "rx_reorder": rx.reorder, "rx_dup": rx.dup, "rx_jitter_max_us": rx.jitterUsec.max,
+    }  # fmt: skip
+    moved = {k: v for k, v in now.items() if k.startswith(("jb_d", "jb_l", "rx_l", "rx_r"))
+             and v != leg.stream.get(k, 0)}  # fmt: skip
+    if moved:
+        leg.log.append((time.monotonic(), "stream", moved))
+    leg.stream = now
+
+
 def report(leg: Leg, start: float) -> dict[str, object]:
     base = leg.record_started
     return {
@@ -367,6 +398,7 @@ def report(leg: Leg, start: float) -> dict[str, object]:
         "events": [[round(t - (base or start), 3), kind, value] for t, kind, value in leg.log],
         "latencies_ms": [round(x, 1) for x in leg.latencies_ms],
         "invite": leg.invite,
+        "stream": leg.stream,
     }
 
 
