@@ -10,6 +10,7 @@ import asyncio
 import collections
 import datetime as dt
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,28 +26,41 @@ from voice.calls.line import CallLine, PlaceLeg
 from voice.calls.media import CallMedia, Recorder
 from voice.config import Config
 
+READ_THREADS = 4  # a worker's ledger reads at once (a few calls pressing keys together)
+
 
 class AsyncLedger:
-    """The IVR's `Ledger` over the SQLAlchemy service, off the event loop."""
+    """The IVR's `Ledger` over the SQLAlchemy service, off the event loop, in its own threads.
+
+    Not asyncio's default executor: every write of the worker runs there (accounts/retry.py)
+    and waits in its thread up to the busy timeout while SQLite's lock is held elsewhere, so a
+    few calls' writes filled it and a caller's balance waited behind them for a thread, though
+    WAL lets the read go on under any writer (soak 2026-12-03: key -> answer 9.9 s mean;
+    tests/unit/test_ledger_reads.py). The threads start with the first read, in the worker.
+    """
 
     def __init__(self, ledger: Ledger, today: Callable[[], dt.date] = dt.date.today) -> None:
         self._ledger = ledger
         self._today = today
+        self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ledger-read")
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def accounts_for_phone(self, caller: str | None) -> list[AccountSummary]:
-        return await asyncio.to_thread(self._ledger.accounts_for_phone, caller)
+        return await self._read(self._ledger.accounts_for_phone, caller)
 
     async def account_by_number(self, number: str) -> AccountSummary | None:
-        return await asyncio.to_thread(self._ledger.account_by_number, number)
+        return await self._read(self._ledger.account_by_number, number)
 
     async def balance(self, account_id: int) -> Balance:
-        return await asyncio.to_thread(self._ledger.balance, account_id, self._today())
+        return await self._read(self._ledger.balance, account_id, self._today())
 
     async def last_invoice(self, account_id: int) -> InvoiceSummary | None:
-        return await asyncio.to_thread(self._ledger.last_invoice, account_id)
+        return await self._read(self._ledger.last_invoice, account_id)
 
     async def last_payment(self, account_id: int) -> PaymentSummary | None:
-        return await asyncio.to_thread(self._ledger.last_payment, account_id)
+        return await self._read(self._ledger.last_payment, account_id)
 
 
 @dataclass
