@@ -38,7 +38,11 @@ CALLS_BY_ACCOUNT = "ix_calls_account_direction_started"
 class Call(Base):
     __tablename__ = "calls"
     # Outbound guardrails count an account's recent calls (accounts/guardrails.py).
-    __table_args__ = (Index(CALLS_BY_ACCOUNT, "account_id", "direction", "started_at"),)
+    # AUTOINCREMENT on SQLite: a worker reserves ids ahead (accounts/idblocks.py).
+    __table_args__ = (
+        Index(CALLS_BY_ACCOUNT, "account_id", "direction", "started_at"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     direction: Mapped[str] = mapped_column(String(8))
@@ -97,6 +101,7 @@ class Recording(Base):
     """
 
     __tablename__ = "recordings"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids reserved ahead (accounts/idblocks.py)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), index=True)

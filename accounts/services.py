@@ -24,6 +24,7 @@ from accounts.models import (
     Invoice,
     Note,
     Payment,
+    Recording,
     Transcript,
     WebhookOutbox,
     utcnow,
@@ -203,22 +204,40 @@ class CallJournal:
         callee: str | None,
         worker: str,
         sip_call_id: str,
+        call_id: int | None = None,
+        at: dt.datetime | None = None,
     ) -> int:
+        """The call's row: its id. `call_id`/`at`: an id reserved ahead and the real start, for
+        a row written behind the call (accounts/idblocks.py, accounts/write_behind.py)."""
         if direction not in CALL_DIRECTIONS:
             raise ValueError(f"direction must be one of {CALL_DIRECTIONS}, got {direction!r}")
         call = Call(
+            id=call_id,
             direction=direction,
             caller=caller,
             callee=callee,
             worker=worker,
             sip_call_id=sip_call_id,
             status="in_progress",
-            started_at=utcnow(),
+            started_at=at or utcnow(),
         )
         with self._sessions.begin() as session:
             session.add(call)
             session.flush()
             return call.id
+
+    def open_call(self, call_id: int, *, at: dt.datetime, **parties: Any) -> None:
+        """`start_call` with its reserved id, as the write-behind hands it over."""
+        self.start_call(call_id=call_id, at=at, **parties)
+
+    def open_recording(self, call_id: int, *, at: dt.datetime, **row: Any) -> None:
+        """A recording row planned by the worker (recordings/book.py `RecordingBook.plan`,
+        id reserved ahead), written behind the call; `at`: when it started."""
+        retain = row.pop("retain_until", None)
+        with self._sessions.begin() as session:
+            session.add(Recording(call_id=call_id, started_at=at, status="recording",
+                                  retain_until=retain and dt.datetime.fromisoformat(retain),
+                                  **row))  # fmt: skip
 
     def answered(self, call_id: int, *, at: dt.datetime | None = None) -> None:
         """`at`: when it was answered, for a write made later (accounts/write_behind.py)."""
@@ -332,8 +351,11 @@ class CallJournal:
                 return None
             return _add_note(session, call.account_id, call.id, "call", author, summary, now)
 
-    def interrupt_calls(self, worker: str, reason: str) -> list[int]:
-        """Close every call `worker` still shows in progress (it died), filing their notes.
+    def interrupt_calls(
+        self, worker: str, reason: str, call_ids: list[int] | None = None
+    ) -> list[int]:
+        """Close every call `worker` still shows in progress (it died), filing their notes;
+        with `call_ids`, only those (the calls a restarted worker's spool just wrote).
 
         The note keeps what the caller did before the interruption, read back from the call's
         events, so a collector sees the call even though the flow never wrote its own note.
@@ -341,6 +363,8 @@ class CallJournal:
         closed = []
         with self._sessions.begin() as session:
             stmt = select(Call).where(Call.worker == worker, Call.status == "in_progress")
+            if call_ids is not None:
+                stmt = stmt.where(Call.id.in_(call_ids))
             for call in session.scalars(stmt):
                 kinds = session.execute(
                     select(CallEvent.kind, CallEvent.detail)

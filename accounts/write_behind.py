@@ -29,7 +29,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,14 @@ log = logging.getLogger(__name__)
 # The CallJournal methods a call may hand over. Each takes the call id first; `at` is when the
 # call made the write, so a write that waited in the spool keeps its real time.
 WRITES = frozenset(
-    {"add_event", "answered", "set_account", "add_transcript", "finish_call", "transcript_ready"}
-)
+    {"open_call", "open_recording", "add_event", "answered", "set_account", "add_transcript",
+     "finish_call", "transcript_ready"}
+)  # fmt: skip
+TIMED = frozenset({"open_call", "open_recording", "add_event", "answered", "finish_call"})
+# The writes that make a call's rows (ids reserved ahead: accounts/idblocks.py). Found in a
+# spool at start, they are calls of a worker that died before writing them: nobody else
+# knows of them, so they are closed once written (`on_replayed`).
+OPENS = frozenset({"open_call", "open_recording"})
 BATCH_MAX = 200  # writes per transaction
 BACKOFF_S = (0.05, 5.0)  # first and longest pause after a refusal
 KEEP_BATCH_IDS = dt.timedelta(days=2)  # replays come from a restart, minutes later at most
@@ -59,6 +65,12 @@ class Batch:
     writes: list[dict[str, Any]]
     spooled: bool = False
     tries: int = 0
+    replayed: bool = False  # read from the spool at start: an earlier process's writes
+
+    @property
+    def last_seq(self) -> int:
+        """The submission number of its last write (0: not this process's)."""
+        return 0 if self.replayed else max((w.get("seq", 0) for w in self.writes), default=0)
 
     def line(self) -> str:
         return json.dumps({"id": self.id, "writes": self.writes}, separators=(",", ":")) + "\n"
@@ -94,9 +106,22 @@ def transient(exc: BaseException) -> bool:
 class WriteBehind:
     """One worker's queue of call writes; `run()` is its writer task."""
 
-    def __init__(self, sessions: sessionmaker[Session], spool: Path) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        spool: Path,
+        on_replayed: Callable[[list[int]], Awaitable[None]] | None = None,
+    ) -> None:
         self._sessions = sessions
         self.spool = spool
+        # The calls whose rows came from a dead process's spool: closed (interrupted, their
+        # recordings repaired) by `on_replayed` once the spool is written.
+        self.on_replayed = on_replayed
+        self.replayed_calls: set[int] = set()
+        self._repairs: set[asyncio.Task[None]] = set()
+        self._seq = 0  # writes submitted by this process
+        self._through = 0  # every write up to this submission number is done
+        self._moved = asyncio.Event()
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._spooled: collections.deque[Batch] = collections.deque()
         self._wake = asyncio.Event()
@@ -107,18 +132,36 @@ class WriteBehind:
 
     # -- the call's side ----------------------------------------------------------------------
 
-    def submit(self, write: str, call_id: int, **kwargs: Any) -> None:
-        """Queue `CallJournal.<write>(call_id, **kwargs)`; returns at once."""
+    def submit(
+        self, write: str, call_id: int, *, at: dt.datetime | None = None, **kwargs: Any
+    ) -> int:
+        """Queue `CallJournal.<write>(call_id, **kwargs)`; returns at once, with the write's
+        submission number (for `through`)."""
         if write not in WRITES:
             raise ValueError(f"not a call write: {write!r}")
         json.dumps(kwargs)  # a write that could not be spooled fails here, in the caller
+        self._seq += 1
         self._queue.append({"write": write, "call_id": int(call_id), "kwargs": kwargs,
-                            "at": utcnow().isoformat()})  # fmt: skip
+                            "at": (at or utcnow()).isoformat(), "seq": self._seq})  # fmt: skip
         self.stats.submitted += 1
         self.stats.oldest.append(time.monotonic())
         self._idle.clear()
         self._wake.set()
         show_backlog(len(self._queue), self.spooled)
+        return self._seq
+
+    async def through(self, seq: int, timeout: float) -> bool:
+        """Wait until the writes submitted up to number `seq` are done (written, or dropped as
+        rejected); False if not within `timeout`. Unlike `flush`, later writes do not count:
+        a busy worker's queue is seldom empty."""
+
+        async def moved_past() -> None:
+            while self._through < seq:
+                await self._moved.wait()
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(moved_past(), timeout)
+        return self._through >= seq
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far is written; False if not within `timeout`."""
@@ -178,6 +221,8 @@ class WriteBehind:
             BATCH_SECONDS.labels("written").observe(time.monotonic() - started)
             pause = BACKOFF_S[0]
             self._done(batch)
+            if batch.replayed and not any(b.replayed for b in self._spooled):
+                self._close_replayed()
 
     def _next(self) -> Batch | None:
         if self._spooled:
@@ -190,6 +235,10 @@ class WriteBehind:
         return [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
 
     def _done(self, batch: Batch) -> None:
+        if batch.last_seq > self._through:
+            self._through = batch.last_seq
+            self._moved.set()
+            self._moved = asyncio.Event()
         for _ in batch.writes:
             if self.stats.oldest:
                 self.stats.oldest.popleft()
@@ -238,7 +287,7 @@ class WriteBehind:
     def _apply(session: Session, write: dict[str, Any]) -> None:
         journal = CallJournal(_InBatch(session))  # type: ignore[arg-type]
         kwargs = dict(write["kwargs"])
-        if write["write"] in ("add_event", "answered", "finish_call"):
+        if write["write"] in TIMED:
             kwargs["at"] = dt.datetime.fromisoformat(write["at"])
         getattr(journal, write["write"])(write["call_id"], **kwargs)
         session.flush()  # a rejected write fails here, where it can be told from the others
@@ -255,6 +304,14 @@ class WriteBehind:
             session.query(WrittenBatch).filter(
                 WrittenBatch.written_at < now - KEEP_BATCH_IDS
             ).delete(synchronize_session=False)
+
+    def _close_replayed(self) -> None:
+        ids, self.replayed_calls = sorted(self.replayed_calls), set()
+        if not ids or self.on_replayed is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.on_replayed(ids))
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
 
     # -- the spool ----------------------------------------------------------------------------
 
@@ -276,7 +333,8 @@ class WriteBehind:
 
     def _load_spool(self) -> None:
         for batch in read_spool(self.spool):
-            batch.spooled = True
+            batch.spooled = batch.replayed = True
+            self.replayed_calls.update(w["call_id"] for w in batch.writes if w["write"] in OPENS)
             self._spooled.append(batch)
             self.stats.replayed += len(batch.writes)
             self.stats.oldest.extend([time.monotonic()] * len(batch.writes))

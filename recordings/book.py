@@ -49,23 +49,41 @@ class RecordingBook:
         """
         started_at = started_at or utcnow()
         with self._sessions.begin() as session:
-            rec = Recording(
-                call_id=call_id,
-                kind=kind,
-                path="pending",
-                format="flac",
-                sample_rate=SAMPLE_RATE,
-                channels=channels,
-                status="recording",
-                started_at=started_at,
-                retain_until=retain_until_for(started_at, self._cfg),
-            )
+            rec = Recording(call_id=call_id, path="pending", status="recording",
+                            started_at=started_at,
+                            **self._fields(started_at, kind, channels))  # fmt: skip
             session.add(rec)
             session.flush()
             rec.path = relative_path(call_id, rec.id, started_at, "flac")
-            final = path_for(rec.path, self.root)
+        return rec.id, self._wav(rec.path)
+
+    def plan(
+        self, call_id: int, recording_id: int, started_at: dt.datetime, *, kind: str,
+        channels: int
+    ) -> tuple[dict[str, object], Path]:  # fmt: skip
+        """`open` without the database, for an id reserved ahead (accounts/idblocks.py): the
+        row's fields for `CallJournal.open_recording` (JSON: it may wait in a spool) and the
+        WAV to record into."""
+        fields = self._fields(started_at, kind, channels)
+        retain = fields.pop("retain_until")
+        fields["retain_until"] = retain.isoformat() if isinstance(retain, dt.datetime) else None
+        fields["id"] = recording_id
+        fields["path"] = relative_path(call_id, recording_id, started_at, "flac")
+        return fields, self._wav(str(fields["path"]))
+
+    def _fields(self, started_at: dt.datetime, kind: str, channels: int) -> dict[str, object]:
+        return {
+            "kind": kind,
+            "format": "flac",
+            "sample_rate": SAMPLE_RATE,
+            "channels": channels,
+            "retain_until": retain_until_for(started_at, self._cfg),
+        }
+
+    def _wav(self, rel: str) -> Path:
+        final = path_for(rel, self.root)
         final.parent.mkdir(parents=True, exist_ok=True)
-        return rec.id, final.with_suffix(".wav")
+        return final.with_suffix(".wav")
 
     def close(
         self, recording_id: int, *, interrupted: bool = False, call_seconds: float | None = None

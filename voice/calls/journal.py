@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -76,6 +77,7 @@ class CallLog:
         self._book = book
         self._metrics = metrics if metrics is not None else collections.Counter()
         self._storing: set[asyncio.Task[None]] = set()  # utterance writes in flight
+        self._last = 0  # the write-behind's number of the call's last write handed over
 
     @classmethod
     async def start(
@@ -85,6 +87,27 @@ class CallLog:
         return await retry_db(
             DB_TRIES, journal.start_call, sip_call_id=sip_call_id, worker=worker, **parties
         )
+
+    def open(self, **row: Any) -> None:
+        """The call's row, under the id reserved for it (`CallKit.open_log`), written behind."""
+        if not self._behind("open_call", **row):
+            raise ValueError(f"call {self.call_id}: its row cannot be written behind")
+
+    @property
+    def behind(self) -> bool:
+        """Whether the call's writes are handed to a write-behind."""
+        return self._writes is not None
+
+    @property
+    def last(self) -> int:
+        """The write-behind's number of the call's last write handed over (0: none)."""
+        return self._last
+
+    def hand_over(self, write: str, at: dt.datetime | None = None, **kwargs: Any) -> None:
+        """`write` (one of accounts/write_behind.py's WRITES) behind the call, after its
+        earlier ones; needs `behind`."""
+        assert self._writes is not None
+        self._last = self._writes.submit(write, self.call_id, at=at, **kwargs)
 
     # -- the IVR's Journal --------------------------------------------------------------------
 
@@ -124,6 +147,7 @@ class CallLog:
         """This call is the attempt the guardrails reserved (accounts/attempts.py): it counts
         once, on the attempt's account."""
         assert self._sessions is not None
+        await self.flushed()  # the call's row, which the attempt names
         await retry_db(EVENT_TRIES, attempts.attach, self._sessions, int(attempt), self.call_id)
 
     async def add_note(self, account_id: int, kind: str, author: str, body: str) -> int:
@@ -174,6 +198,7 @@ class CallLog:
                     session, caller, account_id, self.call_id, kind, ok, try_no
                 )
 
+        await self.flushed()  # the call's row, which the try names
         try:
             await retry_db(DB_TRIES, record)
         except DB_ERRORS as exc:
@@ -248,8 +273,9 @@ class CallLog:
         self._metrics["transcript_segments_total"] += 1
 
     async def flushed(self) -> None:
-        """Wait (up to FLUSH_WAIT) until the call's writes handed over so far are in."""
-        if self._writes is not None and not await self._writes.flush(FLUSH_WAIT):
+        """Wait (up to FLUSH_WAIT) until the call's writes handed over so far are in (other
+        calls' later ones need not be)."""
+        if self._writes is not None and not await self._writes.through(self._last, FLUSH_WAIT):
             log.warning("call %d: earlier writes still wait for the database", self.call_id)
 
     def _behind(self, write: str, **kwargs: Any) -> bool:
@@ -257,7 +283,7 @@ class CallLog:
         if self._writes is None:
             return False
         try:
-            self._writes.submit(write, self.call_id, **kwargs)
+            self.hand_over(write, **kwargs)
         except (TypeError, ValueError) as exc:  # not JSON: written here instead, as before
             log.error("call %d: %s cannot wait in the spool (%s): written now", self.call_id,
                       write, exc)  # fmt: skip

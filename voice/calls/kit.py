@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.idblocks import IdBlocks
 from accounts.services import CallJournal, Ledger
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
 from accounts.write_behind import WriteBehind
@@ -74,13 +75,22 @@ class CallKit:
     place: PlaceLeg  # a leg that runs no IVR (Worker.place_leg)
     metrics: collections.Counter[str]
     writes: WriteBehind | None = None  # the worker's write-behind: calls never wait on the db
+    ids: IdBlocks | None = None  # ids reserved ahead: a call's first rows written behind too
 
     async def open_log(self, *, sip_call_id: str, **parties: Any) -> CallLog:
-        """The call's row (direction, caller, callee) and the log of everything it writes."""
-        call_id = await CallLog.start(
-            self.journal, sip_call_id=sip_call_id, worker=self.worker, **parties
-        )
-        return self.log(call_id)
+        """The call's row (direction, caller, callee) and the log of everything it writes.
+
+        With an id reserved ahead the row is handed to the write-behind and the call starts
+        at once; without one (none left, a database that cannot reserve) it is written now."""
+        call_id = self.ids.take("calls") if self.ids is not None and self.writes else None
+        if call_id is None:
+            call_id = await CallLog.start(
+                self.journal, sip_call_id=sip_call_id, worker=self.worker, **parties
+            )
+            return self.log(call_id)
+        log = self.log(call_id)
+        log.open(sip_call_id=sip_call_id, worker=self.worker, **parties)
+        return log
 
     def log(self, call_id: int) -> CallLog:
         return CallLog(
@@ -96,7 +106,7 @@ class CallKit:
         )
 
     def media(self, log: CallLog) -> CallMedia:
-        return CallMedia(self.recorder, log.call_id, log.segment_writer)
+        return CallMedia(self.recorder, log)
 
     def line(self, log: CallLog, media: CallMedia, waiting: SipCall | None = None) -> CallLine:
         return CallLine(

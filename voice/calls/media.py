@@ -24,13 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accounts.idblocks import IdBlocks
+from accounts.models import utcnow
 from accounts.retry import DB_TRIES, retry_db
+from accounts.write_behind import WriteBehind
 from recordings.book import RecordingBook
 from recordings.capture import WavWriter
 from voice.asr.live import CallSpeech, Segment
 from voice.asr.phrases import PhraseSet
 from voice.audio import FRAME_BYTES
 from voice.calls.call import SipCall
+from voice.calls.journal import FLUSH_WAIT, CallLog
 from voice.sip.engine import SipEngine
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 # (the caller has hung up): a soak at 60 calls up on SQLite (2026-12-03) gave up on 5 rows
 # after DB_TRIES, leaving finished recordings "in progress" until the worker's next start.
 CLOSE_TRIES = DB_TRIES + 75  # ~5-10 min at retry_pause's 4 s cap plus the busy timeout
+CLOSE_WAIT = 600.0  # s a close waits for its row, still behind the call (as long as CLOSE_TRIES)
 
 
 @dataclass
@@ -77,6 +82,11 @@ class Recorder:
     # A recording's CallSpeech `on_closed` (accounts/transcription.py: an after-call job when
     # the live transcript is not whole), by recording id.
     speech_closed: Callable[[int | None], Any] = lambda _recording_id: None
+    # Recording ids reserved ahead (accounts/idblocks.py): a row then goes behind the call,
+    # and `rows` keeps its write-behind number until the row is closed, which waits for it.
+    ids: IdBlocks | None = None
+    writes: WriteBehind | None = None
+    rows: dict[int, int] = field(default_factory=dict)
     open: dict[int, ActiveRecording] = field(default_factory=dict)
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -109,6 +119,7 @@ class Recorder:
         """`before()` (a writer's close) then the book's, counted; never raises."""
         try:
             await asyncio.to_thread(before)
+            await self.row_written(recording_id, CLOSE_WAIT, keep=False)
             closed = await retry_db(
                 CLOSE_TRIES, self.book.close, recording_id, call_seconds=seconds
             )
@@ -121,16 +132,25 @@ class Recorder:
             self.metrics["recordings_incomplete_total"] += 1
             log.error("recording %d incomplete: %s", recording_id, closed.loss)
 
+    async def row_written(self, recording_id: int, timeout: float, *, keep: bool = True) -> None:
+        """Wait (up to `timeout`) for a row handed to the write-behind to be in."""
+        seq = self.rows.get(recording_id) if keep else self.rows.pop(recording_id, None)
+        if (
+            seq is not None
+            and self.writes is not None
+            and not await self.writes.through(seq, timeout)
+        ):
+            log.warning("recording %d: its row still waits for the database", recording_id)
+
 
 class CallMedia:
     """One call's recordings and live speech (module docstring)."""
 
-    def __init__(
-        self, recorder: Recorder, call_id: int, on_segment: Callable[[int | None], Any]
-    ) -> None:
+    def __init__(self, recorder: Recorder, log: CallLog) -> None:
         self.recorder = recorder
-        self.call_id = call_id
-        self._on_segment = on_segment  # recording id -> CallSpeech.on_segment (CallLog's)
+        self.log = log
+        self.call_id = log.call_id
+        self._on_segment = log.segment_writer  # recording id -> CallSpeech.on_segment
         self.recording: ActiveRecording | None = None
         self.speech: CallSpeech | None = None  # the caller's, on the customer's call
         self.bridge: BridgeRecording | None = None
@@ -143,7 +163,7 @@ class CallMedia:
         """The whole call, mono, by pjsua2's recorder."""
         book, key = self.recorder.book, call.key
         try:
-            recording_id, wav = await retry_db(DB_TRIES, book.open, self.call_id)
+            recording_id, wav = await self.open_row("call", 1)
         except Exception:
             log.exception("call %d: recording could not be opened", self.call_id)
             return
@@ -152,6 +172,7 @@ class CallMedia:
         if not await self.engine.start_recording(key, str(wav)):
             self.recorder.open.pop(key, None)  # the call ended first
             self.recording = None
+            await self.recorder.row_written(recording_id, CLOSE_WAIT, keep=False)
             await retry_db(DB_TRIES, book.close, recording_id)
 
     async def listen(self, call: SipCall) -> None:
@@ -179,6 +200,26 @@ class CallMedia:
             self.speech = None
             await speech.close()
 
+    async def open_row(self, kind: str, channels: int) -> tuple[int, Path]:
+        """A new recording row of the call: its id and the WAV to record into. Handed to the
+        write-behind under an id reserved ahead (the caller waits for no database), else
+        written now, after the call's own row."""
+        recorder = self.recorder
+        ids, writes = recorder.ids, recorder.writes
+        rid = ids.take("recordings") if ids is not None and writes and self.log.behind else None
+        if rid is None:
+            await self.log.flushed()
+            return await retry_db(
+                DB_TRIES, recorder.book.open, self.call_id, kind=kind, channels=channels
+            )
+        at = utcnow()
+        row, wav = await asyncio.to_thread(
+            recorder.book.plan, self.call_id, rid, at, kind=kind, channels=channels
+        )
+        self.log.hand_over("open_recording", at=at, **row)
+        recorder.rows[rid] = self.log.last
+        return rid, wav
+
     async def stop_listening(self) -> bool:
         """The caller's last utterances out; True if there was live speech."""
         speech, self.speech = self.speech, None
@@ -191,9 +232,7 @@ class CallMedia:
 
     async def open_stereo(self) -> tuple[int | None, WavWriter | None]:
         try:
-            recording_id, wav = await retry_db(
-                DB_TRIES, self.recorder.book.open, self.call_id, kind="call", channels=2
-            )
+            recording_id, wav = await self.open_row("call", 2)
             return recording_id, WavWriter(wav, 2, frame_bytes=FRAME_BYTES)
         except Exception:
             log.exception("call %d: bridged recording could not be opened", self.call_id)
@@ -219,13 +258,12 @@ class CallMedia:
     # -- a voicemail ------------------------------------------------------------------------------
 
     async def open_voicemail(self, max_seconds: float) -> tuple[int, WavWriter]:
-        recording_id, wav = await retry_db(
-            DB_TRIES, self.recorder.book.open, self.call_id, kind="voicemail", channels=1
-        )
+        recording_id, wav = await self.open_row("voicemail", 1)
         return recording_id, WavWriter(wav, 1, frame_bytes=FRAME_BYTES, max_seconds=max_seconds)
 
     async def close_recording(self, recording_id: int, seconds: float | None = None) -> Any:
         """The book's close (a voicemail kept, or one discarded): the closed recording."""
+        await self.recorder.row_written(recording_id, CLOSE_WAIT, keep=False)
         return await retry_db(
             DB_TRIES, self.recorder.book.close, recording_id, call_seconds=seconds
         )
@@ -254,6 +292,7 @@ class CallMedia:
                 bridge.writer.paused = paused
                 gaps.append((bridge.recording_id, time.monotonic() - bridge.started))
         for recording_id, at in gaps:
+            await self.recorder.row_written(recording_id, FLUSH_WAIT)
             await retry_db(
                 DB_TRIES, self.recorder.book.mark_pause, recording_id, round(at, 2), paused
             )

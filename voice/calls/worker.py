@@ -21,6 +21,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from accounts.db import make_engine, make_sessions
+from accounts.idblocks import IdBlocks
+from accounts.retry import DB_ERRORS, DB_TRIES, retry_db
 from accounts.services import CallJournal
 from accounts.transcription import live_marker
 from accounts.write_behind import WriteBehind
@@ -73,7 +75,9 @@ class Worker(Events):
         self.book = RecordingBook(sessions, cfg)
         # What this worker's calls owe the database; a worker of this name killed before it
         # was written left it in this spool, written first (accounts/write_behind.py).
-        self.writes = WriteBehind(sessions, cfg.data_dir / "run" / "spool" / f"{self.name}.jsonl")
+        self.writes = WriteBehind(sessions, cfg.data_dir / "run" / "spool" / f"{self.name}.jsonl",
+                                  on_replayed=self._close_replayed)  # fmt: skip
+        self.ids = IdBlocks(sessions)  # a call's first rows go behind it too
         self.kit: CallKit | None = None  # once the engine runs
         self.ivr: IvrCalls | None = None
         self.placed: PlacedCalls | None = None
@@ -107,6 +111,7 @@ class Worker(Events):
         self.ivr = IvrCalls(self.kit, self.table, self._background, proxy)
         self.placed = PlacedCalls(self.kit, self.table, self.engine, self._start, proxy)
         writer = asyncio.create_task(self.writes.run(), name="write-behind")
+        self.ids.refill_soon()  # the first calls may come before: they write their rows now
         self.engine.start()
         await self.control.start()
         try:
@@ -130,6 +135,23 @@ class Worker(Events):
             await writer
         self.writes.keep_the_rest()
 
+    async def _close_replayed(self, call_ids: list[int]) -> None:
+        """The calls whose rows this worker's spool held from its dead predecessor: nobody
+        else knew of them. Closed as interrupted, their recordings repaired, as the supervisor
+        closes the calls it can see (voice/supervisor.py)."""
+        reason = f"call worker {self.name} stopped during the call (its writes kept)"
+        try:
+            closed = await retry_db(
+                DB_TRIES, self.journal.interrupt_calls, self.name, reason, call_ids
+            )
+            repaired = await retry_db(DB_TRIES, self.book.repair_calls, call_ids)
+        except DB_ERRORS as exc:
+            log.error("worker %s: calls from the spool not closed now (%s); the next start "
+                      "closes them", self.name, exc)  # fmt: skip
+            return
+        log.warning("worker %s: %d call(s) from the spool marked interrupted, %d recording(s) "
+                    "repaired", self.name, len(closed), len(repaired))  # fmt: skip
+
     def _kit(self, engine: SipEngine) -> CallKit:
         asr, sessions = self.cfg.asr, self.sessions
         recorder = Recorder(
@@ -141,6 +163,8 @@ class Worker(Events):
             live=asr.live,
             transcripts=asr.transcripts,
             speech_closed=lambda rid: live_marker(sessions, rid, asr),  # after-call job?
+            ids=self.ids,
+            writes=self.writes,
         )
         return CallKit(
             self.cfg,
@@ -152,6 +176,7 @@ class Worker(Events):
             self.place_leg,
             self.metrics,
             self.writes,
+            self.ids,
         )
 
     async def drain(self, timeout: float) -> None:
