@@ -37,9 +37,9 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.models import WrittenBatch, utcnow
 from accounts.retry import BATCH_SECONDS, show_backlog
-from accounts.services import CallJournal
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import csv
+import datetime as dt
 import math
 import os
 import re
@@ -392,22 +393,26 @@ class Journal:
         return ", ".join(f"{n} {s}" for s, n in self.statuses.most_common())
 
 
-def last_call_id(server: Server) -> int:
-    with server.session() as session:
-        return session.scalar(select(func.max(Call.id))) or 0
+# Calls since a moment, not since an id: each worker takes ids from its own reserved
+# block (accounts/idblocks.py), so a later call may have a lower id than an earlier one.
+def last_call_id(server: Server) -> dt.datetime:
+    """A mark for `journal_since` (and bench/soak_check.py): now."""
+    return dt.datetime.now(dt.UTC)
 
 
-def journal_since(server: Server, first: int, expected: int, wait_s: float = 20.0) -> Journal:
-    """Calls journaled after id `first`, once none is in progress (or `wait_s` has passed)."""
+def journal_since(
+    server: Server, first: dt.datetime, expected: int, wait_s: float = 20.0
+) -> Journal:
+    """Calls started since `first`, once none is in progress (or `wait_s` has passed)."""
     deadline = time.monotonic() + wait_s
     while True:
         with server.session() as session:
             rows = session.execute(
-                select(Call.id, Call.status, Call.end_reason).where(Call.id > first)
+                select(Call.id, Call.status, Call.end_reason).where(Call.started_at >= first)
             ).all()
             balance = session.scalar(
                 select(func.count(func.distinct(CallEvent.call_id))).where(
-                    CallEvent.call_id > first,
+                    CallEvent.call_id.in_(select(Call.id).where(Call.started_at >= first)),
                     CallEvent.kind == "choice",
                     CallEvent.detail["option"].as_string() == "balance",
                 )

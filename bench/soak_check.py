@@ -42,14 +42,14 @@ class RunCall:
     held_by_kill: bool = False
 
 
-def wait_settled(server: Server, first: int, timeout: float = 90.0) -> int:
-    """Wait until no call after id `first` is in progress (the write-behind has drained);
+def wait_settled(server: Server, first: dt.datetime, timeout: float = 90.0) -> int:
+    """Wait until no call started since `first` is in progress (the write-behind has drained);
     return how many still are when `timeout` ends."""
     deadline = time.monotonic() + timeout
     while True:
         with server.session() as session:
             open_ = session.scalar(select(func.count(Call.id)).where(
-                Call.id > first, Call.status == "in_progress")) or 0  # fmt: skip
+                Call.started_at >= first, Call.status == "in_progress")) or 0  # fmt: skip
         if not open_ or time.monotonic() > deadline:
             return open_
         time.sleep(2.0)
@@ -59,15 +59,19 @@ def stamp(value: dt.datetime | None) -> float | None:
     return value.timestamp() if value else None
 
 
-def run_calls(server: Server, first: int, kills: list[Kill]) -> list[RunCall]:
-    """Every call journaled after id `first`, by kind, with its outcome; a call the worker held
-    when it was killed is marked (its failure is the kill's, not the system's)."""
+def run_calls(server: Server, first: dt.datetime, kills: list[Kill]) -> list[RunCall]:
+    """Every call started since `first` (ids come in per-worker blocks), by kind, with its
+    outcome; a call the worker held when it was killed is marked (its failure is the kill's,
+    not the system's)."""
     with server.session() as session:
-        calls = session.scalars(select(Call).where(Call.id > first).order_by(Call.id)).all()
+        since = select(Call.id).where(Call.started_at >= first)
+        calls = session.scalars(
+            select(Call).where(Call.started_at >= first).order_by(Call.started_at, Call.id)
+        ).all()
         events: dict[int, list[tuple[str, dict[str, object]]]] = collections.defaultdict(list)
         rows = session.execute(
             select(CallEvent.call_id, CallEvent.kind, CallEvent.detail)
-            .where(CallEvent.call_id > first)
+            .where(CallEvent.call_id.in_(since))
             .order_by(CallEvent.seq)
         )
         for call_id, kind, detail in rows:  # fmt: skip

@@ -22,10 +22,10 @@ from typing import Any
 
 import uvicorn
 
+from accounts.call_journal import CallJournal
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.demo import load_demo_if_empty
 from accounts.retry import DB_ERRORS, DB_TRIES, retry_db
-from accounts.services import CallJournal
 from accounts.webhook import run_outbox
 from recordings.book import RecordingBook
 from recordings.retention import run_purge

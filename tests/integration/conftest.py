@@ -24,8 +24,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.db import make_engine, make_sessions
-from accounts.services import CallJournal, Ledger
+from accounts.services import Ledger
 from voice.config import TtsConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -318,7 +319,10 @@ def last_call_id(server: Server, caller: str) -> int:
 
     with make_sessions(make_engine(server.db_url))() as session:
         call_id = session.scalars(
-            select(Call.id).where(Call.caller == caller).order_by(Call.id.desc()).limit(1)
+            select(Call.id)
+            .where(Call.caller == caller)
+            .order_by(Call.started_at.desc(), Call.id.desc())  # ids: per-worker blocks
+            .limit(1)
         ).first()
     assert call_id is not None, f"no call from {caller}"
     return call_id

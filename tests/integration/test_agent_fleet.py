@@ -310,7 +310,9 @@ def test_softphone_call_allowed_is_dialled_bridged_and_recorded(
     check_customer_invite(report)
     with fleet.session() as session:
         call = session.scalars(
-            select(Call).where(Call.direction == "outbound").order_by(Call.id.desc())
+            select(Call)
+            .where(Call.direction == "outbound")
+            .order_by(Call.started_at.desc(), Call.id.desc())
         ).first()
         assert call is not None and call.callee == "+12125550101"
         call_id = call.id

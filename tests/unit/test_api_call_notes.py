@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from accounts.call_journal import CallJournal
 from accounts.models import Account, Recording, Transcript
-from accounts.services import CallJournal
 from tests.unit.apiworld import World, make_world
 
 

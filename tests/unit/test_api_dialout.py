@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from accounts.call_journal import CallJournal
 from accounts.models import (
     Account,
     AuditEntry,
@@ -20,7 +21,6 @@ from accounts.models import (
     Note,
     Softphone,
 )
-from accounts.services import CallJournal
 from tests.unit.apiworld import World, dana_dialable, make_world
 
 NEW_YORK = ZoneInfo("America/New_York")

@@ -26,9 +26,9 @@ import uvicorn
 from sqlalchemy import select
 
 from accounts.attempts import attach
+from accounts.call_journal import CallJournal
 from accounts.guardrails import Guardrails, Refusal
 from accounts.models import Account, Call, Collector, OutboundAttempt, Softphone
-from accounts.services import CallJournal
 from tests.unit.apiworld import World, dana_dialable, make_world
 from voice.calls import outbound
 from voice.config import from_mapping

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.idblocks import BLOCK, IdBlocks, reserve
 from accounts.models import Call, Recording, utcnow
-from accounts.services import CallJournal
 from recordings.book import RecordingBook
 from voice.config import from_mapping
 

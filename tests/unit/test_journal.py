@@ -7,9 +7,10 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.models import Account, Call, CallEvent, Customer, Note
-from accounts.services import CallJournal, UnknownAccount, UnknownCall
+from accounts.services import UnknownAccount, UnknownCall
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.retry import retry_db
-from accounts.services import CallJournal
 from voice import telemetry
 from voice.metrics import fresh_dir, process_dead, render
 

@@ -13,8 +13,8 @@ import numpy as np
 import soundfile
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.models import Recording
-from accounts.services import CallJournal
 from recordings.book import RecordingBook
 from recordings.capture import finalise, sha256_of
 from recordings.paths import path_for

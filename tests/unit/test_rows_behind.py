@@ -18,10 +18,10 @@ import soundfile
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.idblocks import IdBlocks
 from accounts.models import Call, CallEvent, Recording
-from accounts.services import CallJournal
 from accounts.write_behind import WriteBehind
 from recordings.book import RecordingBook
 from tests.unit.test_write_behind import running

@@ -17,9 +17,9 @@ from sqlalchemy import event, text, update
 from sqlalchemy.engine import Engine
 
 from accounts import textindex
+from accounts.call_journal import CallJournal
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.models import Base, Call, Transcript
-from accounts.services import CallJournal
 from recordings.search import RecordingFilter, RecordingSearch, Scope
 from tests.unit.recdata import T0, World, build_world
 

@@ -15,9 +15,9 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts import transcription as jobs
+from accounts.call_journal import owe_transcript
 from accounts.db import make_sessions
 from accounts.models import Account, Note, Recording, Transcript, WebhookOutbox, utcnow
-from accounts.services import owe_transcript
 from accounts.transcription import TranscriptionJob
 from accounts.webhook import TRANSCRIPT_EVENT
 from tests.unit.recdata import World, build_world

@@ -15,10 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.importer import CsvImportError, import_csv
 from accounts.models import Account, AuditEntry, CallOutcome
 from accounts.promises import CallPromises
-from accounts.services import CallJournal
 from accounts.verification import (
     WITHHELD,
     AccountVerifier,

@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.models import Account, Customer, Note, WebhookOutbox
-from accounts.services import CallJournal
 from accounts.webhook import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.db import create_schema, make_engine, make_sessions
 from accounts.models import Call, CallEvent, Transcript, WrittenBatch
-from accounts.services import CallJournal
 from accounts.write_behind import WriteBehind, read_spool
 
 

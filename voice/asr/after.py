@@ -42,8 +42,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts import transcription as jobs
+from accounts.call_journal import owe_transcript
 from accounts.models import Recording, Transcript
-from accounts.services import owe_transcript
 from accounts.transcription import TranscriptionJob
 from recordings.paths import UnsafePath, open_for_reading, path_for
 from voice.asr.live import CallSpeech, Segment

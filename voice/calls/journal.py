@@ -25,9 +25,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts import attempts, verification
+from accounts.call_journal import CallJournal
 from accounts.outcomes import Marking, mark_outcome
 from accounts.retry import DB_ERRORS, DB_TRIES, retry_db
-from accounts.services import CallJournal
 from accounts.views import AccountSummary
 from accounts.write_behind import WriteBehind
 from recordings.book import RecordingBook

@@ -16,8 +16,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from accounts.call_journal import CallJournal
 from accounts.idblocks import IdBlocks
-from accounts.services import CallJournal, Ledger
+from accounts.services import Ledger
 from accounts.views import AccountSummary, Balance, InvoiceSummary, PaymentSummary
 from accounts.write_behind import WriteBehind
 from recordings.book import RecordingBook

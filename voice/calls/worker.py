@@ -20,10 +20,10 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from accounts.call_journal import CallJournal
 from accounts.db import make_engine, make_sessions
 from accounts.idblocks import IdBlocks
 from accounts.retry import DB_ERRORS, DB_TRIES, retry_db
-from accounts.services import CallJournal
 from accounts.transcription import live_marker
 from accounts.write_behind import WriteBehind
 from recordings.book import RecordingBook
