@@ -218,3 +218,54 @@ def test_a_worker_killed_while_the_database_is_locked_is_restarted_and_its_call_
             ua.kill()
             ua.wait()
         stop_server(server)
+
+
+def test_a_call_whose_rows_were_only_in_the_killed_worker_s_spool_is_closed_on_restart(
+    tmp_path: Path,
+) -> None:
+    # The call started under the lock, so the supervisor, closing the dead worker's calls,
+    # finds none: its rows are in the worker's spool. The restarted worker writes them and
+    # closes the call as interrupted, its recording repaired from the WAV on disk.
+    server = start_server(tmp_path / "voice", fleet_env(2, VOICE_DATABASE_BUSY_TIMEOUT_MS="200"))
+    holder = sqlite3.connect(server.data_dir / "voice.db", isolation_level=None, timeout=10)
+    ua = None
+    try:
+        seq = "SELECT seq FROM sqlite_sequence WHERE name = 'recordings'"
+        assert wait_for(lambda: (holder.execute(seq).fetchone() or (0,))[0] >= 16, 30)
+        holder.execute("BEGIN EXCLUSIVE")
+        ua = start_ua(server, "audio;wait:1;dtmf:1;wait:30;hangup", tmp_path / "ua.log",
+                      caller=KNOWN)  # fmt: skip
+        busy = wait_for(lambda: [w for w in server.health()["workers"] if w["calls"]], 20)
+        assert busy, server.health()
+        [victim] = busy
+        time.sleep(5.0)  # greeted, key pressed, recording: all of it waits in the spool
+        os.kill(victim["pid"], signal.SIGKILL)
+        time.sleep(2.0)
+        holder.execute("COMMIT")
+
+        def closed() -> Call | None:
+            with server.session() as session:
+                call = session.scalars(select(Call).where(Call.caller == KNOWN)).first()
+                return call if call is not None and call.status != "in_progress" else None
+
+        call = wait_for(closed, 40)
+        assert call, server.log()[-3000:]
+        recording = wait_for(lambda: _closed_recording(server, call.id), 20)
+    finally:
+        holder.close()
+        if ua is not None and ua.poll() is None:
+            ua.kill()
+            ua.wait()
+        stop_server(server)
+    assert call.status == "interrupted" and "its writes kept" in (call.end_reason or ""), call
+    assert call.worker == victim["name"]
+    assert ("choice", {"key": "1", "option": "balance"}) in events_of(server, call.id)
+    assert recording and recording.status == "interrupted" and recording.sha256, recording
+    assert (recording.duration_s or 0) > 3.0, recording
+    assert "from the spool marked interrupted" in server.log()
+
+
+def _closed_recording(server: Any, call_id: int) -> Recording | None:
+    with server.session() as session:
+        rec = session.scalars(select(Recording).where(Recording.call_id == call_id)).first()
+        return rec if rec is not None and rec.status != "recording" else None
