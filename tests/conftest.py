@@ -12,6 +12,7 @@ Without PostgreSQL installed the postgresql cases are skipped, except under CI=t
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,4 +56,19 @@ def db_sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(database_url)
     create_schema(engine)
     yield make_sessions(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def locked_sqlite(tmp_path: Path) -> Iterator[tuple[sessionmaker[Session], sqlite3.Connection]]:
+    """A SQLite database with a 50 ms busy timeout, and a second connection to hold its write
+    lock (`BEGIN EXCLUSIVE`), as a saturated machine does."""
+    from accounts.db import create_schema, make_engine, make_sessions
+
+    path = tmp_path / "voice.db"
+    engine = make_engine(f"sqlite:///{path}", busy_timeout_ms=50)
+    create_schema(engine)
+    holder = sqlite3.connect(path, isolation_level=None, timeout=5)
+    yield make_sessions(engine), holder
+    holder.close()
     engine.dispose()

@@ -164,10 +164,11 @@ def test_a_call_that_comes_while_sqlite_is_locked_is_greeted_and_answered_at_onc
     assert "not written" not in log and "dropped" not in log, log[-3000:]
 
 
-def _final_recording(server: Any, call_id: int) -> Recording | None:
+def _final_recording(server: Any, call_id: int, final: str = "final") -> Recording | None:
+    """The call's recording once its status is `final` (the finalised status expected)."""
     with server.session() as session:
         rec = session.scalars(select(Recording).where(Recording.call_id == call_id)).first()
-        return rec if rec is not None and rec.status == "final" else None
+        return rec if rec is not None and rec.status == final else None
 
 
 def test_a_worker_killed_while_the_database_is_locked_is_restarted_and_its_call_closed(
@@ -250,7 +251,7 @@ def test_a_call_whose_rows_were_only_in_the_killed_worker_s_spool_is_closed_on_r
 
         call = wait_for(closed, 40)
         assert call, server.log()[-3000:]
-        recording = wait_for(lambda: _closed_recording(server, call.id), 20)
+        recording = wait_for(lambda: _final_recording(server, call.id, "interrupted"), 20)
     finally:
         holder.close()
         if ua is not None and ua.poll() is None:
@@ -263,9 +264,3 @@ def test_a_call_whose_rows_were_only_in_the_killed_worker_s_spool_is_closed_on_r
     assert recording and recording.status == "interrupted" and recording.sha256, recording
     assert (recording.duration_s or 0) > 3.0, recording
     assert "from the spool marked interrupted" in server.log()
-
-
-def _closed_recording(server: Any, call_id: int) -> Recording | None:
-    with server.session() as session:
-        rec = session.scalars(select(Recording).where(Recording.call_id == call_id)).first()
-        return rec if rec is not None and rec.status != "recording" else None

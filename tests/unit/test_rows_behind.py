@@ -9,7 +9,6 @@ import asyncio
 import collections
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.call_journal import CallJournal
-from accounts.db import create_schema, make_engine, make_sessions
 from accounts.idblocks import IdBlocks
 from accounts.models import Call, CallEvent, Recording
 from accounts.write_behind import WriteBehind
@@ -30,17 +28,6 @@ from voice.calls.media import CallMedia, Recorder
 from voice.config import from_mapping
 
 PARTIES = {"direction": "inbound", "caller": "+12125550101", "callee": "ivr", "worker": "w0"}
-
-
-@pytest.fixture
-def locked(tmp_path: Path) -> Iterator[tuple[sessionmaker[Session], sqlite3.Connection]]:
-    path = tmp_path / "voice.db"
-    engine = make_engine(f"sqlite:///{path}", busy_timeout_ms=50)
-    create_schema(engine)
-    holder = sqlite3.connect(path, isolation_level=None, timeout=5)
-    yield make_sessions(engine), holder
-    holder.close()
-    engine.dispose()
 
 
 def world(
@@ -58,9 +45,9 @@ def tone(wav: Path, seconds: float = 2.0) -> None:
 
 
 async def test_a_call_and_its_recording_start_while_the_database_is_locked(
-    locked: tuple[sessionmaker[Session], sqlite3.Connection], tmp_path: Path
+    locked_sqlite: tuple[sessionmaker[Session], sqlite3.Connection], tmp_path: Path
 ) -> None:
-    sessions, holder = locked
+    sessions, holder = locked_sqlite
     wb = WriteBehind(sessions, tmp_path / "spool" / "w0.jsonl")
     ids, recorder = world(sessions, tmp_path, wb)
     await ids.refill()
@@ -122,9 +109,9 @@ async def test_a_write_the_call_waits_for_waits_only_for_its_own_rows(
 
 
 async def test_rows_left_in_a_dead_worker_s_spool_are_written_and_their_call_closed(
-    locked: tuple[sessionmaker[Session], sqlite3.Connection], tmp_path: Path
+    locked_sqlite: tuple[sessionmaker[Session], sqlite3.Connection], tmp_path: Path
 ) -> None:
-    sessions, holder = locked
+    sessions, holder = locked_sqlite
     spool = tmp_path / "spool" / "w0.jsonl"
     first = WriteBehind(sessions, spool)
     ids, recorder = world(sessions, tmp_path, first)

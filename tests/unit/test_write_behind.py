@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.call_journal import CallJournal
-from accounts.db import create_schema, make_engine, make_sessions
 from accounts.models import Call, CallEvent, Transcript, WrittenBatch
 from accounts.write_behind import WriteBehind, read_spool
 
@@ -104,17 +103,6 @@ def test_a_write_that_cannot_be_kept_is_refused_at_once(tmp_path: Path) -> None:
 
 
 # -- the database refuses (SQLite's write lock held by another process) -------------------------
-
-
-@pytest.fixture
-def locked_sqlite(tmp_path: Path) -> Iterator[tuple[sessionmaker[Session], sqlite3.Connection]]:
-    path = tmp_path / "voice.db"
-    engine = make_engine(f"sqlite:///{path}", busy_timeout_ms=50)
-    create_schema(engine)
-    holder = sqlite3.connect(path, isolation_level=None, timeout=5)
-    yield make_sessions(engine), holder
-    holder.close()
-    engine.dispose()
 
 
 async def test_a_locked_database_never_makes_the_call_wait_and_loses_nothing(
