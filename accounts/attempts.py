@@ -83,12 +83,17 @@ def attempt_times(
 def attach(sessions: sessionmaker[Session], attempt_id: int, call_id: int) -> None:
     """The journaled call is the reserved attempt: put it on the attempt's account, linked."""
     with sessions.begin() as session:
-        attempt = session.get(OutboundAttempt, attempt_id)
-        call = session.get(Call, call_id)
-        if attempt is None or call is None:
-            raise LookupError(f"no attempt {attempt_id} or no call {call_id} to attach")
-        call.account_id = attempt.account_id
-        attempt.call_id = call_id
+        attach_in(session, attempt_id, call_id)
+
+
+def attach_in(session: Session, attempt_id: int, call_id: int) -> None:
+    """`attach` inside the caller's transaction (a write-behind batch's)."""
+    attempt = session.get(OutboundAttempt, attempt_id)
+    call = session.get(Call, call_id)
+    if attempt is None or call is None:
+        raise LookupError(f"no attempt {attempt_id} or no call {call_id} to attach")
+    call.account_id = attempt.account_id
+    attempt.call_id = call_id
 
 
 def release(sessions: sessionmaker[Session], attempt_id: int, reason: str) -> bool:

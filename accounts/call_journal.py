@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from accounts import transcription
+from accounts import attempts, transcription
 from accounts.models import (
     CALL_DIRECTIONS,
     CALL_STATUSES,
@@ -190,6 +190,11 @@ class CallJournal:
             call = self._get(session, call_id)
             currency_of(session, account_id)  # clear error instead of a foreign key failure
             call.account_id = account_id
+
+    def attach_attempt(self, call_id: int, attempt_id: int) -> None:
+        """The call is the outbound attempt the guardrails reserved for it: counted once."""
+        with self._sessions.begin() as session:
+            attempts.attach_in(session, attempt_id, call_id)
 
     def add_note(self, call_id: int, account_id: int, *, kind: str, author: str, body: str) -> int:
         """A note of the call's other than its closing one (a voicemail's): its id."""

@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 # The CallJournal methods a call may hand over. Each takes the call id first; `at` is when the
 # call made the write, so a write that waited in the spool keeps its real time.
 WRITES = frozenset(
-    {"open_call", "open_recording", "add_event", "answered", "set_account", "add_transcript",
-     "finish_call", "transcript_ready"}
+    {"open_call", "open_recording", "add_event", "answered", "set_account", "attach_attempt",
+     "add_transcript", "finish_call", "transcript_ready"}
 )  # fmt: skip
 TIMED = frozenset({"open_call", "open_recording", "add_event", "answered", "finish_call"})
 # The writes that make a call's rows (ids reserved ahead: accounts/idblocks.py). Found in a

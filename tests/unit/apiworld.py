@@ -150,8 +150,10 @@ def add_recording(sessions: sessionmaker[Session], root: Path, number: str) -> i
         return rec.id
 
 
-def make_world(database_url: str, recordings_root: Path | None = None) -> World:
-    engine = make_engine(database_url)
+def make_world(
+    database_url: str, recordings_root: Path | None = None, busy_timeout_ms: int = 5000
+) -> World:
+    engine = make_engine(database_url, busy_timeout_ms=busy_timeout_ms)
     create_schema(engine)
     sessions = make_sessions(engine)
     load_demo_if_empty(sessions)

@@ -21,7 +21,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.call_journal import CallJournal
-from accounts.models import Call, CallEvent, Transcript, WrittenBatch
+from accounts.demo import load_demo_if_empty
+from accounts.models import Account, Call, CallEvent, OutboundAttempt, Transcript, WrittenBatch
 from accounts.write_behind import WriteBehind, read_spool
 
 
@@ -248,11 +249,19 @@ async def test_a_call_log_with_the_write_behind_goes_on_while_the_database_is_lo
     sessions, holder = locked_sqlite
     journal = CallJournal(sessions)
     call_id = new_call(sessions)
+    load_demo_if_empty(sessions)
+    with sessions.begin() as session:  # a Make a Call reservation, as the API makes it
+        account_id = session.scalar(select(Account.id).where(Account.number == "10042"))
+        attempt = OutboundAttempt(account_id=account_id, destination="+12125550101", source="t")
+        session.add(attempt)
+        session.flush()
+        attempt_id = attempt.id
     wb = WriteBehind(sessions, tmp_path / "spool" / "w0.jsonl")
     async with running(wb):
         call = CallLog(journal, call_id, sessions=sessions, writes=wb)
         holder.execute("BEGIN EXCLUSIVE")
         started = time.perf_counter()
+        await call.attach_attempt(attempt_id)  # it waited past the API's 10 s: a 500
         await call.answered()
         for n in range(10):
             await call.event("choice", {"key": str(n % 4), "option": "balance"})
@@ -270,6 +279,8 @@ async def test_a_call_log_with_the_write_behind_goes_on_while_the_database_is_lo
         row = session.get(Call, call_id)
         assert row is not None and row.status == "completed" and row.answered_at is not None
         assert row.end_reason == "caller hung up"
+        assert row.account_id == account_id
+        assert session.get(OutboundAttempt, attempt_id).call_id == call_id  # type: ignore[union-attr]
     with sessions() as session:
         said = session.scalars(select(Transcript.text).where(Transcript.call_id == call_id))
         assert list(said) == ["잔액"]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
 from voice.api import audit, calls, dialout, notes, openapi, outcomes, recording_keep, recordings
-from voice.api.auth import json_error
+from voice.api.auth import database_busy, json_error
 from voice.api.openapi import API_PREFIX
 from voice.config import Config
 
@@ -35,7 +36,8 @@ ROUTES: list[BaseRoute] = [
 def api_app(
     sessions: sessionmaker[Session], cfg: Config | None = None, fleet: Any = None
 ) -> Starlette:
-    app = Starlette(routes=ROUTES, exception_handlers={HTTPException: json_error})
+    handlers = {HTTPException: json_error, OperationalError: database_busy}
+    app = Starlette(routes=ROUTES, exception_handlers=handlers)
     app.state.sessions = sessions
     app.state.cfg = cfg  # None: built-in defaults (e.g. the recordings folder)
     app.state.fleet = fleet  # the supervisor (calls in progress); None: 503 for those

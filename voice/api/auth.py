@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +34,8 @@ from accounts import audit
 from accounts.models import USER_ROLES, utcnow
 from accounts.users import Principal, Users
 from voice.config import Config
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -165,7 +168,9 @@ _PHRASES = {
     405: "method not allowed",
     413: "too large",
     415: "unsupported media type",
+    503: "unavailable",
 }
+BUSY = "the database is busy: try again in a moment"  # what a refused transaction tells
 
 
 async def json_error(request: Request, exc: Exception) -> Response:
@@ -173,3 +178,10 @@ async def json_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     body = {"error": _PHRASES.get(exc.status_code, "invalid request"), "reason": exc.detail}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def database_busy(request: Request, exc: Exception) -> Response:
+    """The database refused (SQLite's lock past its busy timeout, PostgreSQL restarting):
+    503 with Retry-After, not a 500. Its transaction was rolled back."""
+    log.warning("%s %s: database refused: %s", request.method, request.url.path, exc)
+    return await json_error(request, HTTPException(503, BUSY, headers={"Retry-After": "2"}))

@@ -36,6 +36,7 @@ from accounts.guardrails import Guardrails, Refusal, record_refusal
 from accounts.models import Account, Call, CallEvent, Contact
 from accounts.phones import InvalidPhone, normalize
 from accounts.reach import collector_route
+from accounts.retry import DB_TRIES, retry_db
 from accounts.users import Principal
 from voice.api.auth import (
     client_addr,
@@ -49,10 +50,12 @@ from voice.api.notes import READERS, iso, visible_account
 from voice.api.openapi import documented, error_responses, id_param, json_body
 from voice.api.params import int_id, read_json
 from voice.config import Config
+from voice.control import ControlError
 from voice.fleet import uses_kamailio
 
 DIALERS = ("collector",)  # the phone that rings first is the requester's own
 PLACED = "call.place"  # audit action of an accepted request
+PLAN_TRIES = 4  # ~1.75 s of waits for a busy database before the request is answered 503
 
 
 class Refused(Exception):
@@ -113,7 +116,9 @@ async def place(request: Request, user: Principal, number: str, to: str | None) 
     cfg = config_of(request)
     guard = Guardrails(cfg.guardrails, sessions_of(request), clock_of(request))
     args = (sessions_of(request), guard, user, client_addr(request), number, to)
-    plan = await run_in_threadpool(_plan, *args, cfg)
+    # The reservation's transaction may meet a busy database (SQLite's lock): a few tries,
+    # then 503 (database_busy), never a 500.
+    plan = await retry_db(PLAN_TRIES, _plan, *args, cfg)
     fleet = getattr(request.app.state, "fleet", None)
     try:
         if fleet is None:
@@ -122,9 +127,10 @@ async def place(request: Request, user: Principal, number: str, to: str | None) 
     except Exception as exc:
         # A worker that answered too late still attaches the attempt, which then counts again.
         reason = f"not placed: {type(exc).__name__}: {exc}"
-        await run_in_threadpool(attempts.release, sessions_of(request), plan["attempt"], reason)
-        if isinstance(exc, LookupError | RuntimeError):
-            raise HTTPException(503, str(exc)) from None
+        await retry_db(DB_TRIES, attempts.release, sessions_of(request), plan["attempt"], reason)
+        if isinstance(exc, LookupError | RuntimeError | ControlError):
+            # No worker free, or the one asked refused or did not answer in time.
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         raise
     return placed
 

@@ -147,6 +147,10 @@ class CallLog:
         """This call is the attempt the guardrails reserved (accounts/attempts.py): it counts
         once, on the attempt's account."""
         assert self._sessions is not None
+        # Behind the call's own row, like its events: a Make a Call request must not wait on
+        # a busy database (under SQLite's lock this wait outlasted the API's 10 s: a 500).
+        if self._behind("attach_attempt", attempt_id=int(attempt)):
+            return
         await self.flushed()  # the call's row, which the attempt names
         await retry_db(EVENT_TRIES, attempts.attach, self._sessions, int(attempt), self.call_id)
 

@@ -7,8 +7,10 @@ module adds its import line in `pages_routes`. Access rules and queries are the 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,8 +19,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
+from voice.api.auth import BUSY
 from voice.config import Config
 from voice.pages.web import HERE, render
+
+log = logging.getLogger(__name__)
 
 
 def pages_routes(
@@ -38,11 +43,18 @@ def pages_routes(
         *voicemails.ROUTES,
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _error_page})
+    handlers = {HTTPException: _error_page, OperationalError: _database_busy}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.sessions = sessions
     app.state.cfg = cfg
     app.state.fleet = fleet
     return [Mount("", app=app)]
+
+
+async def _database_busy(request: Request, exc: Exception) -> Response:
+    """A busy database (its transaction rolled back) as a 503 page that says to try again."""
+    log.warning("%s %s: database refused: %s", request.method, request.url.path, exc)
+    return await _error_page(request, HTTPException(503, BUSY, headers={"Retry-After": "2"}))
 
 
 async def _error_page(request: Request, exc: Exception) -> Response:
