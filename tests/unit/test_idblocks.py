@@ -4,6 +4,7 @@ go behind it (voice/calls/kit.py `CallKit.open_log`)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -62,6 +63,21 @@ async def test_the_next_block_is_reserved_before_the_last_is_used(
     assert ids.left("calls") >= BLOCK - 1
     more = [ids.take("calls") for _ in range(ids.left("calls"))]
     assert len(set(taken + more)) == len(taken) + len(more)
+
+
+async def test_a_row_that_must_go_behind_waits_for_the_refill_not_the_lock(
+    locked_sqlite: tuple[sessionmaker[Session], sqlite3.Connection],
+) -> None:
+    # A recording behind its call's row: with no id left it waits for a refill (which meets
+    # the lock, is refused, and is tried again), rather than writing its row before the call's.
+    sessions, holder = locked_sqlite
+    ids = IdBlocks(sessions)
+    holder.execute("BEGIN EXCLUSIVE")
+    assert await ids.take_waiting("recordings", tries=2) is None  # locked throughout
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, holder.execute, "ROLLBACK")
+    got = await ids.take_waiting("recordings", tries=20)
+    assert got is not None and ids.left("recordings") == BLOCK - 1
 
 
 def test_a_sqlite_file_made_before_autoincrement_reserves_nothing(tmp_path: Path) -> None:

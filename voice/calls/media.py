@@ -206,7 +206,11 @@ class CallMedia:
         written now, after the call's own row."""
         recorder = self.recorder
         ids, writes = recorder.ids, recorder.writes
-        rid = ids.take("recordings") if ids is not None and writes and self.log.behind else None
+        rid = None
+        if ids is not None and writes and self.log.behind:
+            # Behind the call's row: a row written now could come before it (a foreign key
+            # failure, the recording lost), so wait for ids rather than write it directly.
+            rid = await ids.take_waiting("recordings")
         if rid is None:
             await self.log.flushed()
             return await retry_db(
