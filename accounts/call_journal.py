@@ -196,10 +196,19 @@ class CallJournal:
         with self._sessions.begin() as session:
             attempts.attach_in(session, attempt_id, call_id)
 
-    def add_note(self, call_id: int, account_id: int, *, kind: str, author: str, body: str) -> int:
+    def add_note(
+        self,
+        call_id: int,
+        account_id: int,
+        *,
+        kind: str,
+        author: str,
+        body: str,
+        at: dt.datetime | None = None,
+    ) -> int:
         """A note of the call's other than its closing one (a voicemail's): its id."""
         with self._sessions.begin() as session:
-            return _add_note(session, account_id, call_id, kind, author, body, utcnow())
+            return _add_note(session, account_id, call_id, kind, author, body, at or utcnow())
 
     def finish_call(
         self,

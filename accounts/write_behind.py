@@ -48,9 +48,11 @@ log = logging.getLogger(__name__)
 # call made the write, so a write that waited in the spool keeps its real time.
 WRITES = frozenset(
     {"open_call", "open_recording", "add_event", "answered", "set_account", "attach_attempt",
-     "add_transcript", "finish_call", "transcript_ready"}
+     "add_transcript", "add_note", "finish_call", "transcript_ready"}
 )  # fmt: skip
-TIMED = frozenset({"open_call", "open_recording", "add_event", "answered", "finish_call"})
+TIMED = frozenset(
+    {"open_call", "open_recording", "add_event", "answered", "add_note", "finish_call"}
+)
 # The writes that make a call's rows (ids reserved ahead: accounts/idblocks.py). Found in a
 # spool at start, they are calls of a worker that died before writing them: nobody else
 # knows of them, so they are closed once written (`on_replayed`).

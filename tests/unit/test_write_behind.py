@@ -22,7 +22,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accounts.call_journal import CallJournal
 from accounts.demo import load_demo_if_empty
-from accounts.models import Account, Call, CallEvent, OutboundAttempt, Transcript, WrittenBatch
+from accounts.models import (
+    Account,
+    Call,
+    CallEvent,
+    Note,
+    OutboundAttempt,
+    Transcript,
+    WrittenBatch,
+)
 from accounts.write_behind import WriteBehind, read_spool
 
 
@@ -263,6 +271,10 @@ async def test_a_call_log_with_the_write_behind_goes_on_while_the_database_is_lo
         started = time.perf_counter()
         await call.attach_attempt(attempt_id)  # it waited past the API's 10 s: a 500
         await call.answered()
+        # A voicemail's note: written directly, it gave up after ~20 s and failed the call.
+        assert (
+            await call.add_note(account_id, "voicemail", "voicemail", "Voicemail for Dana") is None
+        )
         for n in range(10):
             await call.event("choice", {"key": str(n % 4), "option": "balance"})
         word = {"word": "잔액", "start": 1.0, "end": 1.6, "conf": 0.9}
@@ -281,6 +293,8 @@ async def test_a_call_log_with_the_write_behind_goes_on_while_the_database_is_lo
         assert row.end_reason == "caller hung up"
         assert row.account_id == account_id
         assert session.get(OutboundAttempt, attempt_id).call_id == call_id  # type: ignore[union-attr]
+        notes = session.execute(select(Note.kind, Note.body).where(Note.call_id == call_id)).all()
+        assert ("voicemail", "Voicemail for Dana") in [tuple(n) for n in notes]
     with sessions() as session:
         said = session.scalars(select(Transcript.text).where(Transcript.call_id == call_id))
         assert list(said) == ["잔액"]

@@ -154,8 +154,14 @@ class CallLog:
         await self.flushed()  # the call's row, which the attempt names
         await retry_db(EVENT_TRIES, attempts.attach, self._sessions, int(attempt), self.call_id)
 
-    async def add_note(self, account_id: int, kind: str, author: str, body: str) -> int:
-        """A note besides the closing one (a voicemail's): its id. Retried longest, then raised."""
+    async def add_note(self, account_id: int, kind: str, author: str, body: str) -> int | None:
+        """A note besides the closing one (a voicemail's). Behind the call like its other
+        writes (its id is then not known yet: None): a direct write that met a locked SQLite
+        for its ~20 s of retries lost the voicemail's note and failed the call (soak,
+        2026-12-04). Without a write-behind: written now, its id, retried longest, then raised."""
+        note = {"account_id": int(account_id), "kind": kind, "author": author, "body": body}
+        if self._behind("add_note", **note):
+            return None
         await self.flushed()
         return await retry_db(
             DB_TRIES,
