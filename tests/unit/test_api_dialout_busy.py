@@ -79,7 +79,7 @@ def test_a_lock_that_frees_within_the_retries_is_waited_for(
     world: World, holder: sqlite3.Connection
 ) -> None:
     holder.execute("BEGIN EXCLUSIVE")
-    timer = threading.Timer(0.4, holder.execute, ("ROLLBACK",))
+    timer = threading.Timer(0.15, holder.execute, ("ROLLBACK",))
     timer.start()
     try:
         response = call(world)
