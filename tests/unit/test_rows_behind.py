@@ -156,3 +156,41 @@ async def test_rows_left_in_a_dead_worker_s_spool_are_written_and_their_call_clo
         rec = session.get(Recording, recording_id)
         assert rec is not None and rec.status == "interrupted" and rec.sha256, rec
         assert abs((rec.duration_s or 0) - 3.0) < 0.1
+
+
+class _GoneEngine:
+    """The caller hung up before the recorder could start."""
+
+    async def start_recording(self, key: int, path: str) -> bool:
+        return False
+
+
+async def test_a_recording_that_cannot_be_closed_does_not_strand_its_call(
+    db_sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its close met a locked database for all its tries: raised out of `record`, it skipped
+    # the IVR flow and its note, and the call stayed "in progress" for good (soak call 7305).
+    from sqlalchemy.exc import OperationalError
+
+    import voice.calls.media as media_module
+
+    book = RecordingBook(db_sessions, from_mapping({"data": {"dir": str(tmp_path)}}))
+
+    def refused(recording_id: int, **_: object) -> None:
+        raise OperationalError("UPDATE recordings", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(book, "close", refused)
+    monkeypatch.setattr(media_module, "DB_TRIES", 1)
+    recorder = Recorder(engine=_GoneEngine(), book=book, metrics=collections.Counter())  # type: ignore[arg-type]
+    call_id = CallJournal(db_sessions).start_call(sip_call_id="gone", **PARTIES)
+    media = CallMedia(recorder, CallLog(CallJournal(db_sessions), call_id, sessions=db_sessions))
+
+    class Call:
+        key = 7
+
+    await media.record(Call())  # type: ignore[arg-type]
+    assert media.recording is None
+    with db_sessions() as session:
+        assert session.scalar(select(Recording.status).where(Recording.call_id == call_id)) == (
+            "recording"  # left for start-up's repair
+        )

@@ -48,6 +48,8 @@ class IvrCalls:
         call, kit = session.call, self.kit
         outbound = call.identity.outbound
         media: CallMedia | None = None
+        journal: CallLog | None = None
+        flow_started = False
         try:
             journal = await kit.open_log(
                 direction="outbound" if outbound else "inbound",
@@ -73,11 +75,15 @@ class IvrCalls:
                 verifier=self._verifier(call.callee if outbound else call.caller, journal),
                 promises=CallPromises(kit.sessions, journal),
             )
+            flow_started = True
             await flow.run()
             await journal.annotate()
-        except Exception:
+        except Exception as exc:
             log.exception("call %s failed", call.identity.sip_call_id)
             await call.hangup()
+            if journal is not None and not flow_started:  # the flow ends its own calls
+                reason = f"error: {type(exc).__name__}"
+                await journal.finish("failed", reason, f"Call failed before the menu: {reason}.")
         finally:
             # The last utterances out and stored, then the CRM is owed the whole transcript.
             if media is not None and await media.stop_listening() and session.log is not None:
