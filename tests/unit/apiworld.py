@@ -122,9 +122,10 @@ class FakeFleet:
     """Stands in for the supervisor's control channel: the role matrix is about who may ask;
     tests/integration/test_call_recording.py proves a real worker pauses a real recording."""
 
-    def __init__(self) -> None:
+    def __init__(self, sessions: sessionmaker[Session] | None = None) -> None:
         self.asked: list[tuple[int, bool]] = []
         self.placed: list[dict[str, object]] = []
+        self.sessions = sessions  # given: a placed call is journaled, as a worker does
 
     async def pause_recording(self, call_id: int, paused: bool) -> dict[str, object]:
         self.asked.append((call_id, paused))
@@ -132,7 +133,14 @@ class FakeFleet:
 
     async def click_to_call(self, **request: object) -> dict[str, object]:
         self.placed.append(request)
-        return {"call_id": 900 + len(self.placed), "worker": "w1"}
+        call_id = 900 + len(self.placed)
+        if self.sessions is not None:  # the API waits for the call's row before answering
+            with self.sessions.begin() as session:
+                call = Call(id=call_id, direction="outbound", callee=str(request["customer"]),
+                            account_id=request["account_id"], worker="w1",
+                            sip_call_id=f"placed-{call_id}", status="in_progress")  # fmt: skip
+                session.add(call)
+        return {"call_id": call_id, "worker": "w1"}
 
     async def live_transcript(self, call_id: int) -> dict[str, object]:
         return {"call_id": call_id, "segments": [], "partial": {"caller": "마지막"}}
@@ -181,5 +189,5 @@ def make_world(
         cfg = from_mapping({"recordings": {"dir": str(recordings_root)}}, {})
         for side, number in (("own", "10042"), ("other", "20001")):
             targets[side]["recording_id"] = str(add_recording(sessions, recordings_root, number))
-    app = build_api(sessions, cfg, fleet=FakeFleet())
+    app = build_api(sessions, cfg, fleet=FakeFleet(sessions))
     return World(engine, sessions, app, tokens, names, targets)

@@ -104,7 +104,7 @@ def make_pages_world(database_url: str, cfg: Any = None) -> PagesWorld:
         digest = session.scalar(select(UserPassword.hash))
         for user in session.scalars(select(User).where(User.name.in_(("sam", "cora", "ada")))):
             session.add(UserPassword(user_id=user.id, hash=digest))
-    fleet = FakeFleet()
+    fleet = FakeFleet(world.sessions)
     app = Starlette(
         routes=[
             api_mount(world.sessions, cfg, fleet=fleet),

@@ -26,8 +26,6 @@ from voice.calls.session import CallSession, CallTable
 from voice.sip.engine import SipEngine
 from voice.sip.uri import reason_header
 
-VISIBLE_WAIT = 6.0  # s: a Make a Call's rows in before its id is answered (see click_to_call)
-
 log = logging.getLogger(__name__)
 
 Start = Callable[[CallSession, Coroutine[Any, Any, None], str], None]
@@ -109,10 +107,9 @@ class PlacedCalls:
             ring_timeout=self.cfg.agents.ring_timeout,
         )
         self.start(session, run, f"c2c-{journal.call_id}")
-        # The answer's call id is read at once (the call's page, GET /api/calls/{id}: by its
-        # account): its rows should be in first. Bounded below the API's 10 s control timeout;
-        # the phone is already ringing meanwhile.
-        await journal.flushed(VISIBLE_WAIT)
+        # Answered at once, its rows maybe still behind: the page waits for them before it
+        # shows the call (voice/pages/calls.py), the API's client polls. Waiting here could
+        # outlast the API's 10 s control timeout when the database is busy (soak, 2026-12-04).
         return {
             "call_id": journal.call_id,
             "worker": kit.worker,

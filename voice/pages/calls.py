@@ -40,6 +40,9 @@ from voice.pages.web import SECURITY_HEADERS, page, read_form, render, see_other
 
 POLL_S = 0.25  # how often the stream looks at the call (the transcript grows per utterance)
 SETTLE_S = 8.0  # after hang-up, how long the stream waits for the last utterances
+# A placed call's rows go behind it (the worker's write-behind): the browser is sent to its
+# page once they are in, so the page finds it; a browser waits longer than an API client.
+VISIBLE_S = 20.0
 MAX_STREAM_S = 4 * 3600.0  # a stream never outlives this, whatever the call does
 
 
@@ -50,7 +53,7 @@ async def make_call(request: Request, user: Principal) -> Response:
     if not number:
         raise HTTPException(422, "Choose an account to call.")
     try:
-        placed = await place(request, user, number, to)
+        placed = await place(request, user, number, to, answer_within=VISIBLE_S)
     except Refused as refused:
         message = refused.body.get("reason", "not allowed")
         if refused.body.get("allowed_from"):
