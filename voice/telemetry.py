@@ -43,6 +43,22 @@ SPEECH_TO_AUDIO_SECONDS = Histogram(
     buckets=REPLY_BUCKETS,
 )
 
+# Seconds a live recogniser's result comes after the audio that ended its utterance arrived:
+# under ~0.2 s it keeps up; growing, its queue is backing up and audio will soon be dropped.
+LAG_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
+ASR_LAG_SECONDS = Histogram(
+    "voice_asr_lag_seconds",
+    "A live recogniser's result after the audio that ended its utterance reached it.",
+    ["mode"],
+    buckets=LAG_BUCKETS,
+)
+for _mode in ("transcript", "grammar"):
+    ASR_LAG_SECONDS.labels(_mode)
+ASR_DROPPED_SECONDS = Counter(
+    "voice_asr_dropped_audio_seconds",
+    "Call audio a live recogniser could not take (its queue full): the after-call job redoes it.",
+)
+
 # The worker counters its health report has always carried, by key.
 _COUNTED = {
     "calls_answered": Counter("voice_calls_answered", "Calls answered by the workers."),

@@ -9,9 +9,13 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
+
 from voice.asr.events import Event, Final, Partial, SpeechStarted, Word
 from voice.asr.live import CallSpeech, Segment
+from voice.asr.stream import StreamStats
 from voice.audio import Span
+from voice.telemetry import ASR_DROPPED_SECONDS, ASR_LAG_SECONDS
 
 
 class ScriptedStream:
@@ -20,6 +24,7 @@ class ScriptedStream:
         self.fed: list[bytes] = []
         self.phrases: list[Any] = []
         self.closed = False
+        self.dropped = 0  # chunks, as if the queue had been full
 
     def feed(self, pcm: bytes) -> None:
         self.fed.append(pcm)
@@ -35,6 +40,9 @@ class ScriptedStream:
     def close(self) -> bool:
         self.closed = True
         return True
+
+    def stats(self) -> StreamStats:
+        return StreamStats(len(self.fed) * 0.02, self.dropped, self.dropped * 0.02, 0, 0.0, 0, 0)
 
 
 def scripted_into(streams: dict[str, ScriptedStream]) -> Any:
@@ -97,6 +105,37 @@ async def test_only_the_callers_stream_reaches_the_menu() -> None:
     assert all(s.closed for s in streams.values())
     assert [s.speaker for s in segments] == ["agent", "caller"]
     assert {s.source for s in segments} == {"live"}
+
+
+def lag_count(mode: str) -> tuple[float, float]:
+    """(results, seconds) of voice_asr_lag_seconds{mode} so far in this process."""
+    samples = {s.name: s.value for m in ASR_LAG_SECONDS.labels(mode).collect() for s in m.samples}
+    return samples["voice_asr_lag_seconds_count"], samples["voice_asr_lag_seconds_sum"]
+
+
+def dropped_seconds() -> float:
+    return next(s.value for m in ASR_DROPPED_SECONDS.collect() for s in m.samples
+                if s.name.endswith("_total"))  # fmt: skip
+
+
+async def test_a_live_calls_lag_and_dropped_audio_reach_the_metrics_an_after_call_ones_do_not(
+) -> None:  # fmt: skip
+    for live, counted in ((True, 1), (False, 0)):
+        streams: dict[str, ScriptedStream] = {}
+        speech = CallSpeech(object(), asyncio.get_running_loop(), speakers=("caller",),
+                            stream_factory=scripted_into(streams), live=live)  # fmt: skip
+        before = lag_count("transcript"), lag_count("grammar"), dropped_seconds()
+        streams["caller"].emit(final("caller", "잔액", 1.0, lag=0.4),
+                               final("caller", "잔액", 1.0, mode="grammar", lag=2.5))  # fmt: skip
+        streams["caller"].dropped = 50  # a second of the call's audio refused: queue full
+        await asyncio.sleep(0.01)
+        await speech.close()
+        transcript, grammar = lag_count("transcript"), lag_count("grammar")
+        assert transcript[0] - before[0][0] == counted
+        assert transcript[1] - before[0][1] == pytest.approx(0.4 * counted)
+        assert grammar[0] - before[1][0] == counted
+        assert grammar[1] - before[1][1] == pytest.approx(2.5 * counted)
+        assert dropped_seconds() - before[2] == pytest.approx(1.0 * counted)
 
 
 async def test_noise_and_empty_finals_are_not_transcript() -> None:

@@ -158,6 +158,19 @@ def test_transcript_words_have_times_in_call_order(model: Any) -> None:
     assert partials and all(a != b for a, b in zip(partials, partials[1:], strict=False))
 
 
+def test_a_result_says_how_far_recognition_ran_behind_the_audio(model: Any) -> None:
+    """`Final.lag` (voice_asr_lag_seconds in /metrics): fed all at once, as a recogniser that
+    fell behind sees its queue, the second utterance's audio arrived as early as the first's
+    but is recognised after it: it lags by all the decoding in between."""
+    pcm = concat(silence(1.0), espeak(SENTENCE), silence(1.5), espeak("마지막 결제"), silence(1))
+    fed = time.monotonic()
+    transcripts = finals(run(model, pcm, transcribe=True, phrases=None), "transcript")
+    waited = time.monotonic() - fed
+    assert len(transcripts) == 2
+    first, second = (f.lag for f in transcripts)
+    assert 0.0 < first < second <= waited
+
+
 def test_grammar_and_transcript_on_the_same_utterance(model: Any) -> None:
     pcm = concat(silence(0.7), espeak("상담원", voice="ko"), silence(1.5))
     events = run(model, pcm, transcribe=True)

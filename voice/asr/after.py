@@ -164,7 +164,11 @@ async def _recognise(model: Any, audio: Audio, timeout: float | None) -> list[Se
         return made
 
     speech = CallSpeech(
-        model, asyncio.get_running_loop(), speakers=tuple(audio.tracks), stream_factory=stream
+        model,
+        asyncio.get_running_loop(),
+        speakers=tuple(audio.tracks),
+        stream_factory=stream,
+        live=False,
     )
     for name, pcm in audio.tracks.items():
         sink = speech.sink(name)

@@ -54,6 +54,9 @@ class Final:
     confidence: float  # mean word confidence, 0.0 without words
     option: str | None = None
     noise: bool = False
+    # Wall seconds from the audio that ended the utterance reaching the stream (feed()) to this
+    # result: how far recognition runs behind the call (a queue backing up shows here first).
+    lag: float = 0.0
 
 
 Event = SpeechStarted | Partial | Final

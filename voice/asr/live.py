@@ -28,6 +28,7 @@ from voice.asr.events import Event, Final, Partial, SpeechStarted
 from voice.asr.phrases import PhraseSet
 from voice.asr.stream import SpeechStream
 from voice.audio import Sink, Span
+from voice.telemetry import ASR_DROPPED_SECONDS, ASR_LAG_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,12 @@ class CallSpeech:
         on_segment: Callable[[Segment], None] | None = None,
         on_closed: Callable[[str | None], None] | None = None,
         stream_factory: Callable[..., Any] = SpeechStream,
+        live: bool = True,
     ) -> None:
         self._loop = loop
+        # A live call's recognition lag and dropped audio go to /metrics; a recording
+        # transcribed afterwards (voice/asr/after.py) is fed all at once and lags by design.
+        self._live = live
         self.on_caller: Callable[[Event], None] | None = None
         self._on_segment = on_segment
         # Told, on a thread, after close: None when the live transcript is whole, else why not
@@ -132,6 +137,8 @@ class CallSpeech:
             for track in self._said:
                 track.close()  # the prompt the IVR was saying at hang-up, as far as it went
             stopped = {name: await asyncio.to_thread(s.close) for name, s in self._streams.items()}
+            if self._live and (dropped := sum(s.stats().dropped_s for s in self._streams.values())):
+                ASR_DROPPED_SECONDS.inc(dropped)
             # Events the stream threads posted before exiting are queued on the loop: run them.
             await asyncio.sleep(0)
             self.partials.clear()
@@ -167,6 +174,8 @@ class CallSpeech:
             log.debug("dropped %r: loop closed", event)
 
     def _take(self, event: Event) -> None:
+        if self._live and isinstance(event, Final):
+            ASR_LAG_SECONDS.labels(event.mode).observe(event.lag)
         if isinstance(event, Partial) and event.mode == "transcript":
             self.partials[event.stream] = event.text
         elif isinstance(event, Final) and event.mode == "transcript":

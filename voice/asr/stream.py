@@ -145,6 +145,7 @@ class SpeechStream:
         self._noise = 0
         self._recognised = 0  # samples
         self._speech_start = 0
+        self._fed_at = time.monotonic()  # when the chunk being worked on was fed
         self._exited = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"asr-{name}", daemon=True)
         self._thread.start()
@@ -161,7 +162,7 @@ class SpeechStream:
         offset = self._received
         self._received += samples
         try:
-            self._queue.put_nowait((offset, pcm))
+            self._queue.put_nowait((offset, pcm, time.monotonic()))
         except queue.Full:
             self._dropped_chunks += 1
             self._dropped_samples += samples
@@ -205,6 +206,7 @@ class SpeechStream:
                 self._transcriber = self._decoder("transcript", None)
             while (item := self._queue.get()) is not _CLOSE:
                 self._take(*item)
+            self._fed_at = time.monotonic()  # the flush's lag is its own recognition only
             for event in self._endpointer.flush():
                 self._handle(event)
         except Exception:
@@ -228,7 +230,8 @@ class SpeechStream:
         recognizer.SetWords(True)
         return _Decoder(recognizer, mode, phrases)
 
-    def _take(self, offset: int, pcm: bytes) -> None:
+    def _take(self, offset: int, pcm: bytes, fed_at: float) -> None:
+        self._fed_at = fed_at
         if offset > self._position:  # chunks dropped: keep the timeline with silence
             self._carry += bytes(2 * (offset - self._position))
         self._carry += pcm
@@ -298,7 +301,7 @@ class SpeechStream:
             option = decoder.phrases.match(text) if decoder.phrases and text else None
             final = Final(
                 self.name, self._utterances, decoder.mode, text, words, start, end,
-                confidence, option, event.steady,
+                confidence, option, event.steady, time.monotonic() - self._fed_at,
             )  # fmt: skip
             self._emit(final)
         self._decoders = []
