@@ -131,9 +131,9 @@ async def place(
     cfg = config_of(request)
     guard = Guardrails(cfg.guardrails, sessions_of(request), clock_of(request))
     args = (sessions_of(request), guard, user, client_addr(request), number, to)
-    # The reservation's transaction may meet a busy database (SQLite's lock): a few tries,
+    # The reservation's transaction may meet a busy database (SQLite's lock): PLAN_TRIES,
     # then 503 (database_busy), never a 500.
-    started = time.monotonic()
+    deadline = time.monotonic() + (API_ANSWER_S if answer_within is None else answer_within)
     plan = await retry_db(PLAN_TRIES, _plan, *args, cfg)
     fleet = getattr(request.app.state, "fleet", None)
     try:
@@ -148,10 +148,8 @@ async def place(
             # No worker free, or the one asked refused or did not answer in time.
             raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         raise
-    budget = (API_ANSWER_S if answer_within is None else answer_within) - (
-        time.monotonic() - started
-    )
-    await call_visible(sessions_of(request), placed["call_id"], max(0.5, budget))
+    wait = max(0.5, deadline - time.monotonic())
+    await call_visible(sessions_of(request), placed["call_id"], wait)
     return placed
 
 

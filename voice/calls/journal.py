@@ -282,10 +282,10 @@ class CallLog:
             log.error("call %d: transcript segment not written: %s", self.call_id, exc)
         self._metrics["transcript_segments_total"] += 1
 
-    async def flushed(self, timeout: float = FLUSH_WAIT) -> None:
-        """Wait (up to `timeout`) until the call's writes handed over so far are in (other
+    async def flushed(self) -> None:
+        """Wait (up to FLUSH_WAIT) until the call's writes handed over so far are in (other
         calls' later ones need not be)."""
-        if self._writes is not None and not await self._writes.through(self._last, timeout):
+        if self._writes is not None and not await self._writes.through(self._last, FLUSH_WAIT):
             log.warning("call %d: earlier writes still wait for the database", self.call_id)
 
     def _behind(self, write: str, **kwargs: Any) -> bool:

@@ -107,9 +107,9 @@ class PlacedCalls:
             ring_timeout=self.cfg.agents.ring_timeout,
         )
         self.start(session, run, f"c2c-{journal.call_id}")
-        # Answered at once, its rows maybe still behind: the page waits for them before it
-        # shows the call (voice/pages/calls.py), the API's client polls. Waiting here could
-        # outlast the API's 10 s control timeout when the database is busy (soak, 2026-12-04).
+        # Answered at once, its rows maybe still behind: the API and the page wait for them
+        # (voice/api/dialout.py `place`). Waiting here could outlast the API's 10 s control
+        # timeout when the database is busy (soak, 2026-12-04).
         return {
             "call_id": journal.call_id,
             "worker": kit.worker,
